@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers, one module per group; checks sit beside their assets."""

@@ -1,0 +1,128 @@
+"""What every asset module shares: partitions, groups, owners, the reservation guard and
+the consistent-release lookup. Nothing here computes a private value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from dagster import DailyPartitionsDefinition, Failure, MetadataValue, TableColumn, TableSchema
+
+from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.resources import (
+    LedgerResource,
+    PipelineResource,
+    WarehouseResource,
+    policy_path,
+    replace_partition,
+)
+
+CODE_VERSION = "0.1.0"
+
+
+class Group:
+    INGEST = "ingest"
+    COHORTS = "cohorts"
+    PRIVACY = "privacy"
+    METRICS = "metrics"
+    RANKING = "ranking"
+
+
+class Owner:
+    DATA = "team:data-engineering"
+    PRIVACY = "team:privacy-engineering"
+    RANKING = "team:recsys"
+
+
+# Release dates: one partition per day from the policy's (or environment's) start date.
+DAILY = DailyPartitionsDefinition(start_date=load_policy(policy_path()).partitions_start.isoformat())
+
+PRIVATE_TAGS = {"zone": "private"}
+RELEASE_TAGS = {"zone": "release"}
+
+
+def private_metadata(table: str, columns: pd.DataFrame | dict) -> dict:
+    """Schema only: row counts of private tables are exact counts, so they stay in the
+    warehouse (private.ingest_report) rather than in Dagster's storage, which is a release."""
+    dtypes = columns.dtypes.items() if isinstance(columns, pd.DataFrame) else columns.items()
+    schema = TableSchema(columns=[TableColumn(str(name), str(dtype)) for name, dtype in dtypes])
+    return {"table": MetadataValue.text(table), "dagster/column_schema": schema, "zone": "private"}
+
+
+def table_preview(frame: pd.DataFrame, digits: int = 3) -> MetadataValue:
+    return MetadataValue.md(frame.round(digits).to_markdown(index=False))
+
+
+def data_version_of(warehouse: WarehouseResource, table: str, release_date: str) -> str:
+    """The input data version a private table was computed from, for this release date."""
+    found = warehouse.read(f"SELECT DISTINCT data_version FROM {table} WHERE release_date = ?", [release_date])
+    if found.empty:
+        raise Failure(f"{table} has no rows for {release_date}: materialize its upstream assets for this date first")
+    if len(found) > 1:
+        raise Failure(f"{table} mixes data versions for {release_date}: re-materialize the release")
+    return str(found.iloc[0, 0])
+
+
+@dataclass(frozen=True)
+class Release:
+    """One measured asset's part of a release, admitted by the ledger."""
+
+    policy: Policy
+    release_date: str
+    data_version: str
+    asset: str
+    ledger_seq: int
+
+    def stamp(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(policy_hash=self.policy.hash, data_version=self.data_version, ledger_seq=self.ledger_seq)
+
+
+def admitted_release(context, asset: str, pipeline: PipelineResource, warehouse: WarehouseResource,
+                     ledger: LedgerResource, source: str) -> Release:
+    """Refuse unless the ledger holds this release's reservation for `asset`.
+
+    Dagster's blocking checks only hold within one run, so every DP asset guards itself: a
+    launch from the UI after a failed `budget_within_limit` finds no reservation and stops.
+    """
+    policy = pipeline.policy()
+    release_date = context.partition_key
+    version = data_version_of(warehouse, source, release_date)
+    rows = ledger.ledger().reservation(release_date, policy.hash, version)
+    rows = rows[rows["asset"] == asset] if not rows.empty else rows
+    if rows.empty:
+        raise Failure(
+            f"refusing to compute {asset} for {release_date}: the privacy ledger holds no reservation "
+            f"for it (policy {policy.hash}, data version {version}). Materialize privacy_budget_ledger "
+            "for this date; its check budget_within_limit must pass."
+        )
+    return Release(policy, release_date, version, asset, int(rows["seq"].iloc[0]))
+
+
+def stored_release(warehouse: WarehouseResource, table: str, release: Release) -> pd.DataFrame | None:
+    """The values already released under this very reservation, if any (consistent releases:
+    re-running an unchanged release must return them, never fresh noise)."""
+    stored = warehouse.read(
+        f"SELECT * FROM {table} WHERE release_date = ? AND ledger_seq = ?", [release.release_date, release.ledger_seq]
+    )
+    return None if stored.empty else stored.drop(columns=["release_date"])
+
+
+def released_plan(warehouse: WarehouseResource, release: Release) -> pd.DataFrame:
+    """The cohort plan (release.cohort_sizes) of the same release: same policy, same data."""
+    plan = warehouse.read(
+        "SELECT * FROM release.cohort_sizes WHERE release_date = ? AND policy_hash = ? AND data_version = ?",
+        [release.release_date, release.policy.hash, release.data_version],
+    )
+    if plan.empty:
+        raise Failure(
+            f"refusing to compute {release.asset} for {release.release_date}: release.cohort_sizes holds no "
+            "released cohorts for this release (its check min_cohort_size must pass first)"
+        )
+    return plan.drop(columns=["release_date"])
+
+
+def write_release(warehouse: WarehouseResource, table: str, release: Release, frame: pd.DataFrame) -> pd.DataFrame:
+    stamped = release.stamp(frame)
+    with warehouse.connect() as con:
+        replace_partition(con, table, release.release_date, stamped)
+    return stamped

@@ -1,0 +1,156 @@
+"""Group privacy (release zone): the ledger reservation and DP cohort sizes, with their
+blocking checks `budget_within_limit` and `min_cohort_size`."""
+
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from cohort_pipeline.assets.cohorts import cohort_assignments
+from cohort_pipeline.assets.common import (
+    CODE_VERSION,
+    DAILY,
+    RELEASE_TAGS,
+    Group,
+    Owner,
+    admitted_release,
+    data_version_of,
+    stored_release,
+    table_preview,
+)
+from cohort_pipeline.privacy.ledger import BudgetExceeded
+from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
+from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, replace_partition
+
+BUDGET_CHECK = "budget_within_limit"
+MIN_SIZE_CHECK = "min_cohort_size"
+
+
+@asset(
+    partitions_def=DAILY,
+    group_name=Group.PRIVACY,
+    owners=[Owner.PRIVACY],
+    kinds={"duckdb"},
+    tags=RELEASE_TAGS,
+    code_version=CODE_VERSION,
+    pool="ledger",
+    deps=[cohort_assignments],
+    check_specs=[
+        AssetCheckSpec(
+            BUDGET_CHECK,
+            asset="privacy_budget_ledger",
+            blocking=True,
+            description="The release's composed spend over any budget.window_days stays within budget.epsilon_cap; "
+            "when it would not, nothing is spent and no DP asset of the release runs.",
+        )
+    ],
+    description="Atomic reservation of this release's privacy spend in ledger.privacy_spend, recorded before "
+    "any noise is drawn. Re-running an unchanged release reuses its reservation and spends nothing.",
+)
+def privacy_budget_ledger(
+    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+):
+    policy = pipeline.policy()
+    release_date = context.partition_key
+    version = data_version_of(warehouse, "private.cohort_assignments", release_date)
+    cap = budget_cap(policy)
+    store = ledger.ledger()
+    measurements = planned_measurements(policy)
+    try:
+        reservation = store.reserve(
+            release_date, measurements, policy_hash=policy.hash, data_version=version, run_id=context.run_id, cap=cap
+        )
+        passed, reason = True, "reused an identical release's reservation" if reservation.reused else "reserved"
+    except BudgetExceeded as exc:
+        passed, reason = False, str(exc)
+        context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
+    summary = store.summary(cap, as_of=release_date)
+    spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
+    check_meta = {"epsilon_spent": spent, "epsilon_cap": policy.epsilon_cap, "window_days": policy.window_days,
+                  "composition": policy.composition, "reason": reason}
+    plan = [{"asset": m.asset, "mechanism": m.mechanism, "epsilon": m.spend.epsilon, "delta": m.spend.delta,
+             "rho": m.spend.rho, "sensitivity": m.sensitivity, "noise_scale": m.noise_scale} for m in measurements]
+    return MaterializeResult(
+        metadata={
+            "epsilon_per_release": policy.epsilon_per_release,
+            "delta": policy.delta,
+            "epsilon_spent_window": spent,
+            "epsilon_remaining": remaining,
+            "epsilon_cap": policy.epsilon_cap,
+            "policy_hash": policy.hash,
+            "data_version": version,
+            "reserved": passed,
+            "measurements": table_preview(pd.DataFrame(plan), 6),
+        },
+        check_results=[
+            AssetCheckResult(check_name=BUDGET_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
+                             metadata=check_meta)
+        ],
+    )
+
+
+@asset(
+    partitions_def=DAILY,
+    group_name=Group.PRIVACY,
+    owners=[Owner.PRIVACY],
+    kinds={"duckdb", "opendp"},
+    tags=RELEASE_TAGS,
+    code_version=CODE_VERSION,
+    pool="warehouse",
+    deps=[privacy_budget_ledger, cohort_assignments],
+    check_specs=[
+        AssetCheckSpec(
+            MIN_SIZE_CHECK,
+            asset="cohort_sizes",
+            blocking=True,
+            description="Every released cohort's noisy size is at least cohorts.min_size (k) after coarsening; "
+            "otherwise nothing is written and no metric is released.",
+        )
+    ],
+    description="DP user counts (Laplace) over the public cohort key set, and the coarsening plan: cohorts "
+    "whose noisy size is below k are merged into their parents. Table release.cohort_sizes.",
+)
+def cohort_sizes(
+    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+):
+    release = admitted_release(context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_assignments")
+    policy = release.policy
+    sizes = stored_release(warehouse, "release.cohort_sizes", release)
+    reused = sizes is not None
+    if not reused:
+        assignments = warehouse.read(
+            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", [release.release_date]
+        )
+        sizes = release_cohort_sizes(assignments, policy)
+    smallest = float(sizes["noisy_users"].min())
+    passed = smallest >= policy.min_size
+    if passed and not reused:
+        with warehouse.connect() as con:
+            replace_partition(con, "release.cohort_sizes", release.release_date, release.stamp(sizes))
+    elif not passed:
+        context.log.error(f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
+                          f"{smallest:.0f} < k = {policy.min_size}; nothing written")
+    coarsened = int((sizes["members"].str.count(";") > 0).sum())
+    return MaterializeResult(
+        metadata={
+            "released_cohorts": len(sizes),
+            "coarsened_cohorts": coarsened,
+            "min_noisy_size": smallest,
+            "noise_scale": float(sizes["noise_scale"].iloc[0]),
+            "accuracy_95": float(sizes["accuracy_95"].min()),
+            "reused_stored_release": reused,
+            **{f"noisy_users:{row.cohort_key}": float(row.noisy_users) for row in sizes.itertuples()},
+            "cohort_sizes": table_preview(sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1),
+        },
+        check_results=[
+            AssetCheckResult(check_name=MIN_SIZE_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
+                             metadata={"min_noisy_size": smallest, "min_size": policy.min_size})
+        ],
+    )

@@ -1,0 +1,117 @@
+"""`cohort-pipeline`: what is not a Dagster run (sample data, the ledger, opt-outs, import).
+
+Each subcommand is a small function registered in COMMANDS; all errors end in one clear
+line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from cohort_pipeline.resources import data_dir, policy_path
+
+
+def _ledger_and_cap(args):
+    from cohort_pipeline.policy import load_policy
+    from cohort_pipeline.privacy.ledger import Ledger
+    from cohort_pipeline.privacy.release import budget_cap
+
+    return Ledger(Path(args.data_dir) / "ledger.duckdb"), budget_cap(load_policy(args.policy))
+
+
+def cmd_generate(args) -> int:
+    from cohort_pipeline.generate import generate
+
+    summary = generate(
+        args.data_dir, users=args.users, days=args.days, seed=args.seed, end_date=args.end_date,
+        items=args.items, categories=args.categories, progress=lambda msg: print(msg, file=sys.stderr),
+    )  # fmt: skip
+    print(f"wrote {summary.events:,} events for {summary.users:,} users, {summary.first_date}..{summary.last_date}, "
+          f"{summary.items:,} items into {args.data_dir}")
+    return 0
+
+
+def cmd_latest_date(args) -> int:
+    """The newest event date on file: the release `make run` materializes."""
+    from cohort_pipeline.ingest import event_files
+
+    dates = sorted(p.stem.removeprefix("events-") for p in event_files(Path(args.data_dir) / "events"))
+    latest = max(dt.date.fromisoformat(d) for d in dates if d[:4].isdigit())
+    print(latest.isoformat())
+    return 0
+
+
+def cmd_ledger_show(args) -> int:
+    ledger, cap = _ledger_and_cap(args)
+    summary = ledger.summary(cap, as_of=args.as_of)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"composition {summary['composition']} at delta={summary['delta']}: "
+          f"epsilon spent {summary['epsilon_spent']:.4f} of cap {summary['epsilon_cap']} over "
+          f"{summary['window_days']} days ending {summary['as_of']} (remaining {summary['epsilon_remaining']:.4f})")
+    rows = ledger.rows()
+    if rows.empty:
+        print("(ledger is empty)")
+        return 0
+    cols = ["seq", "release_date", "asset", "mechanism", "epsilon", "delta", "rho", "sensitivity", "noise_scale",
+            "policy_hash", "data_version", "run_id", "recorded_at"]
+    print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    return 0
+
+
+def cmd_ledger_verify(args) -> int:
+    ledger, _ = _ledger_and_cap(args)
+    problems = ledger.verify()
+    for problem in problems:
+        print(f"ledger {ledger.path}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"ledger {ledger.path}: {len(ledger.rows())} rows, hash chain verified")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cohort-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(data_dir()), help="default: $COHORT_PIPELINE_DATA_DIR or data/")
+    parser.add_argument("--policy", default=None, help="default: $COHORT_PIPELINE_POLICY or <data dir>/policy.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write synthetic sample events and catalog into the data folder")
+    gen.add_argument("--users", type=int, default=20_000)
+    gen.add_argument("--days", type=int, default=30)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--end-date", type=dt.date.fromisoformat, default=None, help="default: yesterday (UTC)")
+    gen.add_argument("--items", type=int, default=2_000)
+    gen.add_argument("--categories", type=int, default=20)
+    gen.set_defaults(func=cmd_generate)
+
+    latest = sub.add_parser("latest-date", help="print the newest event date on file")
+    latest.set_defaults(func=cmd_latest_date)
+
+    ledger = sub.add_parser("ledger", help="show or verify the privacy-budget ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    show = ledger_sub.add_parser("show", help="budget summary and every spend")
+    show.add_argument("--json", action="store_true", help="machine-readable summary")
+    show.add_argument("--as-of", type=dt.date.fromisoformat, default=None)
+    show.set_defaults(func=cmd_ledger_show)
+    verify = ledger_sub.add_parser("verify", help="check the hash chain; exit 1 on any inconsistency")
+    verify.set_defaults(func=cmd_ledger_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.policy = args.policy or str(policy_path(args.data_dir))
+    try:
+        return args.func(args)
+    except Exception as exc:  # one clear line, not a traceback, for operators
+        print(f"cohort-pipeline {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

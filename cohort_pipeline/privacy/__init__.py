@@ -1,0 +1,1 @@
+"""The privacy core: bounding, mechanisms (OpenDP), accounting and the ledger. No Dagster."""

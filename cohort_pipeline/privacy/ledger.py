@@ -1,0 +1,481 @@
+"""The privacy-budget ledger: an append-only, hash-chained record of every measurement's spend.
+
+Pure Python + DuckDB, no Dagster. The ledger lives in its own DuckDB file with two tables in
+the main schema (so `ATTACH 'ledger.duckdb'` names them `ledger.privacy_spend`):
+
+- `privacy_spend`: one row per measurement. `row_hash` is
+  sha256_hex(prev_hash + canonical_json(every other column)), where canonical_json is
+  `json.dumps(..., sort_keys=True, separators=(",", ":"))` with floats as Python floats,
+  `release_date` as ISO date and `recorded_at` as UTC ISO with microseconds and a trailing Z.
+  The first row's prev_hash is 64 zeros. An auditor can recompute the chain in a few lines.
+- `ledger_head`: the last seq and its row_hash, written in the same transaction as the rows,
+  because a chain alone cannot reveal a truncated tail.
+
+`Ledger.reserve` is the admission decision: in one transaction it verifies the chain, reuses an
+identical earlier reservation, or checks the cap and appends. DuckDB lets one process at a time
+open the file read-write, so that transaction is atomic across processes; connections are
+short-lived so other processes (sensors, the CLI, parallel steps) get their turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from cohort_pipeline.privacy.accounting import (
+    COMPOSITIONS,
+    Spend,
+    compose,
+    worst_window_spend,
+)
+
+GENESIS_HASH = "0" * 64
+TOLERANCE = 1e-9  # float slack when comparing a composed spend with its cap
+
+COLUMNS = (
+    "seq",
+    "release_date",
+    "asset",
+    "mechanism",
+    "epsilon",
+    "delta",
+    "rho",
+    "sensitivity",
+    "noise_scale",
+    "policy_hash",
+    "data_version",
+    "run_id",
+    "recorded_at",
+    "prev_hash",
+    "row_hash",
+)
+_FLOATS = ("epsilon", "delta", "rho", "sensitivity", "noise_scale")
+_STRINGS = ("asset", "mechanism", "policy_hash", "data_version", "run_id")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS privacy_spend (
+    seq BIGINT PRIMARY KEY,
+    release_date DATE NOT NULL,
+    asset VARCHAR NOT NULL,
+    mechanism VARCHAR NOT NULL,
+    epsilon DOUBLE NOT NULL,
+    delta DOUBLE NOT NULL,
+    rho DOUBLE NOT NULL,
+    sensitivity DOUBLE NOT NULL,
+    noise_scale DOUBLE NOT NULL,
+    policy_hash VARCHAR NOT NULL,
+    data_version VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL,
+    prev_hash VARCHAR NOT NULL,
+    row_hash VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_head (
+    last_seq BIGINT NOT NULL,
+    last_hash VARCHAR NOT NULL
+);
+"""
+
+# recorded_at is read as epoch microseconds so hashing never depends on the session time zone.
+_SELECT_FOR_HASH = (
+    "SELECT seq, release_date, asset, mechanism, epsilon, delta, rho, sensitivity, noise_scale,"
+    " policy_hash, data_version, run_id, epoch_us(recorded_at), prev_hash, row_hash"
+    " FROM privacy_spend ORDER BY seq"
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One planned measurement of a release."""
+
+    asset: str
+    mechanism: str
+    spend: Spend
+    sensitivity: float
+    noise_scale: float
+
+    def __post_init__(self) -> None:
+        if not self.asset or not self.mechanism:
+            raise ValueError("a measurement needs an asset and a mechanism")
+        for name, value in (
+            ("epsilon", self.spend.epsilon),
+            ("delta", self.spend.delta),
+            ("rho", self.spend.rho),
+            ("sensitivity", self.sensitivity),
+            ("noise_scale", self.noise_scale),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{self.asset}: {name} must be finite and >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class BudgetCap:
+    epsilon_cap: float
+    window_days: int
+    delta: float
+    composition: str  # "zcdp" | "basic"
+
+    def __post_init__(self) -> None:
+        if self.composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
+        if not self.epsilon_cap > 0 or self.window_days < 1 or not 0 < self.delta < 1:
+            raise ValueError(f"need epsilon_cap > 0, window_days >= 1, 0 < delta < 1: {self}")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    release_date: date
+    policy_hash: str
+    data_version: str
+    rows: pd.DataFrame  # the ledger rows of this release, one per measurement
+    reused: bool  # True: an identical release was already reserved; nothing spent now
+    epsilon_spent: float  # composed spend of the worst window containing release_date, after
+    epsilon_cap: float
+
+
+class BudgetExceeded(Exception):
+    """The release would push some window over the cap; nothing was written."""
+
+
+class LedgerCorrupt(Exception):
+    """Chain verification failed; the ledger refuses to spend."""
+
+
+class LedgerBusy(TimeoutError):
+    """Another process kept the ledger file locked for longer than the timeout."""
+
+
+def _as_date(value: date | str) -> date:
+    if isinstance(value, datetime):  # a datetime is a date too; refuse the ambiguity
+        raise TypeError(f"release_date must be a date, got datetime {value!r}")
+    if isinstance(value, str):
+        return date.fromisoformat(value)
+    return value
+
+
+def _iso_utc(epoch_us: int) -> str:
+    stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row_hash(prev_hash: str, row: dict) -> str:
+    """sha256 hex over prev_hash + the canonical serialization of the row's other columns.
+
+    `row` holds the columns of COLUMNS except prev_hash/row_hash; recorded_at in epoch us."""
+    canonical = {
+        "seq": int(row["seq"]),
+        "release_date": _as_date(row["release_date"]).isoformat(),
+        "recorded_at": _iso_utc(int(row["recorded_at"])),
+        **{k: float(row[k]) for k in _FLOATS},
+        **{k: str(row[k]) for k in _STRINGS},
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
+
+
+def _check_chain(records: list[tuple], head: list[tuple]) -> list[str]:
+    """Problems found in `records` (rows of _SELECT_FOR_HASH, in seq order) and the head."""
+    problems = []
+    prev_hash, prev_seq = GENESIS_HASH, 0
+    for rec in records:
+        row = dict(zip(COLUMNS, rec, strict=True))
+        seq = row["seq"]
+        if seq != prev_seq + 1:
+            problems.append(f"seq {seq}: expected seq {prev_seq + 1} (rows deleted or reordered)")
+        if row["prev_hash"] != prev_hash:
+            problems.append(
+                f"seq {seq}: prev_hash does not match the row_hash of "
+                f"{'the genesis' if prev_seq == 0 else f'seq {prev_seq}'} (chain broken)"
+            )
+        if row_hash(row["prev_hash"], row) != row["row_hash"]:
+            problems.append(f"seq {seq}: row_hash does not match the row's contents (row edited)")
+        prev_hash, prev_seq = row["row_hash"], seq
+    if len(head) > 1:
+        problems.append(f"ledger_head has {len(head)} rows, expected one")
+    elif not head:
+        if records:
+            problems.append(f"ledger_head is missing while the ledger ends at seq {prev_seq}")
+    elif head[0] != (prev_seq, prev_hash):
+        problems.append(
+            f"ledger_head records seq {head[0][0]} (hash {head[0][1][:12]}…) but the ledger ends"
+            f" at seq {prev_seq} (hash {prev_hash[:12]}…): tail truncated or head altered"
+        )
+    return problems
+
+
+def _spends(records: list[tuple]) -> list[tuple[date, Spend]]:
+    # positions follow _SELECT_FOR_HASH: release_date, epsilon, delta, rho
+    return [(r[1], Spend(epsilon=r[4], delta=r[5], rho=r[6])) for r in records]
+
+
+def _worst_window(spends: list[tuple[date, Spend]], cap: BudgetCap, around: date) -> float:
+    """The composed epsilon of the worst cap window containing `around`."""
+    return worst_window_spend(spends, cap.window_days, cap.composition, cap.delta, around)[0]
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(path, threading.Lock())
+
+
+def _jitter() -> float:
+    # Retry jitter only (never noise): os.urandom keeps `random` out of the privacy package.
+    return int.from_bytes(os.urandom(2), "big") / 65535.0
+
+
+class Ledger:
+    def __init__(self, path: str | os.PathLike, lock_timeout_s: float = 120.0):
+        self.path = str(Path(path).resolve())
+        self.lock_timeout_s = lock_timeout_s
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _run(self, work, *, create: bool):
+        """Run work(con) on a fresh read-write connection, holding this process's lock on the
+        path; retry while another process holds the file, up to lock_timeout_s."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        lock = _path_lock(self.path)
+        if not lock.acquire(timeout=max(self.lock_timeout_s, 0.0)):
+            raise LedgerBusy(
+                f"ledger {self.path}: another thread held it for over {self.lock_timeout_s}s"
+            )
+        try:
+            if not create and not os.path.exists(self.path):
+                return work(None)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            attempt = 0
+            while True:
+                try:
+                    con = duckdb.connect(self.path)
+                    break
+                except duckdb.IOException as exc:
+                    if "lock" not in str(exc).lower():
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LedgerBusy(
+                            f"ledger {self.path} is locked by another process (DuckDB allows one"
+                            f" read-write process per file); gave up after"
+                            f" {self.lock_timeout_s}s: {exc}"
+                        ) from exc
+                    attempt += 1
+                    pause = min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + _jitter())
+                    time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            try:
+                con.execute(_SCHEMA)
+                return work(con)
+            finally:
+                con.close()
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _read_chain(con) -> tuple[list[tuple], list[tuple]]:
+        records = con.execute(_SELECT_FOR_HASH).fetchall()
+        head = con.execute("SELECT last_seq, last_hash FROM ledger_head").fetchall()
+        return records, head
+
+    @staticmethod
+    def _rows_df(con, where: str = "", params: list | None = None) -> pd.DataFrame:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM privacy_spend {where} ORDER BY seq"
+        return con.execute(sql, params or []).df()
+
+    # -- API -------------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        release_date: date | str,
+        measurements: list[Measurement],
+        *,
+        policy_hash: str,
+        data_version: str,
+        run_id: str,
+        cap: BudgetCap,
+    ) -> Reservation:
+        """Atomically check the cap and record the spend of one release, before any noise.
+
+        Reuses (spending nothing) an earlier reservation of the same release_date,
+        policy_hash and data_version. Raises LedgerCorrupt on a tampered ledger and
+        BudgetExceeded when some window containing release_date would exceed the cap;
+        in both cases nothing is written."""
+        release_date = _as_date(release_date)
+        measurements = list(measurements)
+        if not measurements:
+            raise ValueError("a reservation needs at least one measurement")
+        key = [release_date, policy_hash, data_version]
+        where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
+
+        def decide(con) -> Reservation:
+            records, head = self._read_chain(con)
+            problems = _check_chain(records, head)
+            if problems:
+                raise LedgerCorrupt(f"ledger {self.path} failed verification: {problems}")
+            spends = _spends(records)
+            existing = self._rows_df(con, where, key)
+            if len(existing):  # consistent releases: an unchanged release spends nothing
+                epsilon = _worst_window(spends, cap, release_date)
+                return Reservation(*key, existing, True, epsilon, cap.epsilon_cap)
+
+            before = _worst_window(spends, cap, release_date)
+            new = [(release_date, m.spend) for m in measurements]
+            epsilon = _worst_window(spends + new, cap, release_date)
+            requested, _ = compose([m.spend for m in measurements], cap.composition, cap.delta)
+            window = (
+                f"{cap.window_days}-day windows containing {release_date.isoformat()}"
+                f" ({cap.composition} composition)"
+            )
+            if epsilon > cap.epsilon_cap + TOLERANCE:
+                raise BudgetExceeded(
+                    f"release {release_date.isoformat()} requests epsilon {requested:.6g};"
+                    f" already spent {before:.6g} in the worst of the {window}; with it"
+                    f" {epsilon:.6g} > cap {cap.epsilon_cap:.6g}. Nothing was recorded."
+                )
+            self._append(con, records, release_date, measurements, key, run_id)
+            return Reservation(
+                *key, self._rows_df(con, where, key), False, epsilon, cap.epsilon_cap
+            )
+
+        def work(con) -> Reservation:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = decide(con)
+                con.execute("COMMIT")  # durable before we return: callers draw noise next
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):  # a failed COMMIT already rolled back
+                    con.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._run(work, create=True)
+
+    @staticmethod
+    def _append(con, records, release_date, measurements, key, run_id):
+        _, policy_hash, data_version = key
+        prev_seq, prev_hash = (records[-1][0], records[-1][-1]) if records else (0, GENESIS_HASH)
+        now = datetime.now(UTC)
+        recorded_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        params = []
+        for i, m in enumerate(measurements, start=1):
+            row = {
+                "seq": prev_seq + i,
+                "release_date": release_date,
+                "asset": m.asset,
+                "mechanism": m.mechanism,
+                "epsilon": float(m.spend.epsilon),
+                "delta": float(m.spend.delta),
+                "rho": float(m.spend.rho),
+                "sensitivity": float(m.sensitivity),
+                "noise_scale": float(m.noise_scale),
+                "policy_hash": str(policy_hash),
+                "data_version": str(data_version),
+                "run_id": str(run_id),
+                "recorded_at": recorded_us,
+            }
+            this_hash = row_hash(prev_hash, row)
+            # the datetime itself goes to TIMESTAMPTZ; the hash used its epoch microseconds
+            params.append([*(row[c] for c in COLUMNS[:-3]), now, prev_hash, this_hash])
+            prev_hash = this_hash
+        con.executemany(
+            f"INSERT INTO privacy_spend ({', '.join(COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(COLUMNS))})",
+            params,
+        )
+        con.execute("DELETE FROM ledger_head")
+        last_seq = prev_seq + len(measurements)
+        con.execute("INSERT INTO ledger_head VALUES (?, ?)", [last_seq, prev_hash])
+
+    def reservation(
+        self, release_date: date | str, policy_hash: str, data_version: str
+    ) -> pd.DataFrame:
+        """The ledger rows of one release (empty if it was never reserved)."""
+        key = [_as_date(release_date), policy_hash, data_version]
+        where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
+        return self._run(
+            lambda con: self._empty() if con is None else self._rows_df(con, where, key),
+            create=False,
+        )
+
+    def rows(self) -> pd.DataFrame:
+        """The whole ledger in seq order."""
+        return self._run(
+            lambda con: self._empty() if con is None else self._rows_df(con), create=False
+        )
+
+    def verify(self) -> list[str]:
+        """Recompute the hash chain and head; human-readable problems, [] when sound."""
+        return self._run(
+            lambda con: [] if con is None else _check_chain(*self._read_chain(con)), create=False
+        )
+
+    def summary(self, cap: BudgetCap, as_of: date | str | None = None) -> dict:
+        """JSON-serialisable budget status: spend in the window ending at as_of, and releases."""
+
+        def work(con):
+            return ([], []) if con is None else self._read_chain(con)
+
+        records, head = self._run(work, create=False)
+        spends = _spends(records)
+        if as_of is not None:
+            as_of = _as_date(as_of)
+        elif spends:
+            as_of = max(d for d, _ in spends)
+        if as_of is None:
+            epsilon = delta = 0.0
+        else:
+            start = as_of - timedelta(days=cap.window_days - 1)
+            window = [s for d, s in spends if start <= d <= as_of]
+            epsilon, delta = compose(window, cap.composition, cap.delta)
+
+        groups: dict[tuple, list[tuple]] = {}
+        for rec in records:  # dicts keep first-seen (seq) order
+            groups.setdefault((rec[1], rec[9], rec[10]), []).append(rec)
+        releases = []
+        for (day, policy_hash, data_version), recs in groups.items():
+            rel_eps, rel_delta = compose([s for _, s in _spends(recs)], cap.composition, cap.delta)
+            releases.append(
+                {
+                    "release_date": day.isoformat(),
+                    "epsilon": rel_eps,
+                    "delta": rel_delta,
+                    "rho": sum(r[6] for r in recs),
+                    "measurements": len(recs),
+                    "policy_hash": policy_hash,
+                    "data_version": data_version,
+                    "run_id": recs[0][11],
+                    "first_seq": recs[0][0],
+                }
+            )
+        problems = _check_chain(records, head)
+        return {
+            "ledger": self.path,
+            "epsilon_cap": cap.epsilon_cap,
+            "window_days": cap.window_days,
+            "composition": cap.composition,
+            "delta": cap.delta,
+            "as_of": None if as_of is None else as_of.isoformat(),
+            "epsilon_spent": epsilon,
+            "delta_spent": delta,
+            "epsilon_remaining": max(0.0, cap.epsilon_cap - epsilon),
+            "rows": len(records),
+            "verified": not problems,
+            "problems": problems,
+            "releases": releases,
+        }
+
+    @staticmethod
+    def _empty() -> pd.DataFrame:
+        return pd.DataFrame(columns=list(COLUMNS))

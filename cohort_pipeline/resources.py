@@ -1,0 +1,139 @@
+"""Resources: settings from the environment, the DuckDB warehouse and the ledger store.
+
+Assets name resource keys only ("pipeline", "warehouse", "ledger"), so another engine is a
+swap of the resources dict in definitions.py, not an edit of every asset.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from dagster import ConfigurableResource
+
+from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.privacy.ledger import Ledger
+
+SCHEMAS = ("private", "release")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("COHORT_PIPELINE_DATA_DIR", "data"))
+
+
+def policy_path(data: Path | str | None = None) -> Path:
+    return Path(os.environ.get("COHORT_PIPELINE_POLICY", Path(data or data_dir()) / "policy.yaml"))
+
+
+class PipelineResource(ConfigurableResource):
+    """Where the inputs and exports live, and the policy that governs them."""
+
+    data_dir: str
+    policy_path: str
+
+    def policy(self) -> Policy:
+        return load_policy(self.policy_path)
+
+    @property
+    def events_dir(self) -> Path:
+        return Path(self.data_dir) / "events"
+
+    @property
+    def catalog_path(self) -> Path:
+        return Path(self.data_dir) / "catalog.csv"
+
+    @property
+    def opt_outs_path(self) -> Path:
+        return Path(self.data_dir) / "opt_outs.csv"
+
+    def exports_dir(self, release_date: str) -> Path:
+        path = Path(self.data_dir) / "exports" / release_date
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def connect_with_retry(path: str, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, waiting while another process holds its write lock."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"DuckDB file {path} is held by another process for more than {timeout_s:.0f} s "
+                    f"(close notebooks or other runs using it): {exc}"
+                ) from exc
+            time.sleep(0.05 + (time.monotonic_ns() % 200) / 1000)  # jitter so waiters don't collide
+
+
+class WarehouseResource(ConfigurableResource):
+    """The embedded DuckDB warehouse: schema `private` (exact, never released) and `release`."""
+
+    path: str
+    memory_limit: str = ""
+    temp_directory: str = ""
+    lock_timeout_s: float = 120.0
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        # Short-lived connections: DuckDB allows one writing process per file (design §5).
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = connect_with_retry(self.path, self.lock_timeout_s)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if self.memory_limit:
+                con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            if self.temp_directory:
+                con.execute(f"SET temp_directory = '{self.temp_directory}'")
+            for schema in SCHEMAS:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            yield con
+        finally:
+            con.close()
+
+    def read(self, sql: str, params=None) -> pd.DataFrame:
+        with self.connect() as con:
+            return _read(con, sql, params)
+
+
+def _read(con, sql, params=None) -> pd.DataFrame:
+    try:
+        return con.execute(sql, params or []).df()
+    except duckdb.CatalogException:
+        return pd.DataFrame()  # the table does not exist yet: nothing stored
+
+
+def replace_partition(con: duckdb.DuckDBPyConnection, table: str, release_date: str,
+                      rows: pd.DataFrame | str, **constants: str) -> None:
+    """Atomically replace `table`'s rows for one release date with `rows` (a DataFrame or a
+    SQL query), adding `release_date` and any constant columns."""
+    if isinstance(rows, pd.DataFrame):
+        con.register("_frame", rows)
+        rows = "SELECT * FROM _frame"
+    extra = "".join(f", '{value}' AS {name}" for name, value in constants.items())
+    select = f"SELECT DATE '{release_date}' AS release_date{extra}, * FROM ({rows})"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS {select} LIMIT 0")
+        con.execute(f"DELETE FROM {table} WHERE release_date = ?", [release_date])
+        con.execute(f"INSERT INTO {table} BY NAME {select}")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+class LedgerResource(ConfigurableResource):
+    """The privacy-budget ledger in its own DuckDB file (never the warehouse's)."""
+
+    path: str
+    lock_timeout_s: float = 120.0
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.path, lock_timeout_s=self.lock_timeout_s)

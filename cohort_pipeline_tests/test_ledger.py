@@ -1,0 +1,435 @@
+"""The privacy-budget ledger against real DuckDB files: spend, reuse, caps, tampering,
+concurrency across threads and processes, summary."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cohort_pipeline.privacy.accounting import (
+    Spend,
+    compose,
+    epsilon_from_rho,
+    worst_window_spend,
+)
+from cohort_pipeline.privacy.ledger import (
+    COLUMNS,
+    GENESIS_HASH,
+    BudgetCap,
+    BudgetExceeded,
+    Ledger,
+    LedgerBusy,
+    LedgerCorrupt,
+    Measurement,
+)
+
+DAY0 = date(2024, 3, 1)
+DELTA = 1e-7
+
+
+def pure(epsilon: float, asset: str = "cohort_sizes") -> Measurement:
+    return Measurement(asset, "laplace", Spend.pure(epsilon), 1.0, 1.0 / epsilon)
+
+
+def gauss(rho: float, asset: str = "cohort_metrics") -> Measurement:
+    return Measurement(asset, "gaussian", Spend.zcdp(rho, DELTA), 1.0, (1.0 / (2 * rho)) ** 0.5)
+
+
+def basic_cap(epsilon_cap: float, window_days: int = 30) -> BudgetCap:
+    return BudgetCap(epsilon_cap, window_days, DELTA, "basic")
+
+
+def reserve(ledger, day, measurements, cap, data_version="v1", run_id="run"):
+    return ledger.reserve(
+        day, measurements, policy_hash="p1", data_version=data_version, run_id=run_id, cap=cap
+    )
+
+
+def raw(path, sql: str) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(sql)
+    finally:
+        con.close()
+
+
+def ledger_spends(ledger) -> list[tuple[date, Spend]]:
+    rows = ledger.rows()
+    return [
+        (ts.date(), Spend(e, d, r))
+        for ts, e, d, r in zip(rows.release_date, rows.epsilon, rows.delta, rows.rho, strict=True)
+    ]
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return tmp_path / "ledger.duckdb"
+
+
+# -- spending and reuse ------------------------------------------------------------------
+
+
+def test_reserve_records_every_column_and_is_durable(path):
+    ledger = Ledger(path)
+    cap = BudgetCap(12.0, 30, DELTA, "zcdp")
+    ms = [pure(0.5), gauss(0.02)]
+    res = ledger.reserve(DAY0, ms, policy_hash="p1", data_version="v1", run_id="r1", cap=cap)
+
+    assert not res.reused and res.release_date == DAY0 and res.epsilon_cap == 12.0
+    expected = worst_window_spend([(DAY0, m.spend) for m in ms], 30, "zcdp", DELTA, DAY0)[0]
+    assert res.epsilon_spent == pytest.approx(expected)
+    rows = res.rows
+    assert list(rows.columns) == list(COLUMNS)
+    assert rows.seq.tolist() == [1, 2]
+    assert rows.prev_hash[0] == GENESIS_HASH and rows.prev_hash[1] == rows.row_hash[0]
+    assert rows.asset.tolist() == ["cohort_sizes", "cohort_metrics"]
+    assert rows.mechanism.tolist() == ["laplace", "gaussian"]
+    assert rows.epsilon.tolist() == [ms[0].spend.epsilon, ms[1].spend.epsilon]
+    assert rows.delta.tolist() == [0.0, DELTA]
+    assert rows.rho.tolist() == [ms[0].spend.rho, 0.02]
+    assert rows.noise_scale.tolist() == [m.noise_scale for m in ms]
+    assert set(rows.run_id) == {"r1"} and set(rows.policy_hash) == {"p1"}
+    assert rows.recorded_at.notna().all() and str(rows.recorded_at.dt.tz) in ("UTC", "Etc/UTC")
+    assert ledger.verify() == []
+
+    # durable and reachable as `ledger.privacy_spend` once attached (main schema, not `ledger`)
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{path}' AS ledger (READ_ONLY)")
+        assert con.execute("SELECT count(*) FROM ledger.privacy_spend").fetchall() == [(2,)]
+    finally:
+        con.close()
+
+
+def test_same_release_is_reused_and_spends_nothing(path):
+    ledger, cap = Ledger(path), basic_cap(10)
+    first = reserve(ledger, DAY0, [pure(1.0)], cap, run_id="r1")
+    again = reserve(ledger, DAY0, [pure(1.0)], cap, run_id="r2")
+    assert again.reused and again.epsilon_spent == first.epsilon_spent == 1.0
+    assert again.rows.row_hash.tolist() == first.rows.row_hash.tolist()
+    assert again.rows.run_id.tolist() == ["r1"]
+    assert len(ledger.rows()) == 1
+    assert ledger.reservation(DAY0, "p1", "v1").row_hash.tolist() == first.rows.row_hash.tolist()
+    assert ledger.reservation(DAY0, "p1", "other").empty
+
+
+def test_changed_data_version_spends_again_and_superseded_releases_keep_counting(path):
+    ledger, cap = Ledger(path), basic_cap(10)
+    reserve(ledger, DAY0, [pure(1.0)], cap, data_version="v1")
+    second = reserve(ledger, DAY0, [pure(1.0)], cap, data_version="v2")
+    assert not second.reused and second.epsilon_spent == 2.0
+    assert ledger.rows().seq.tolist() == [1, 2]
+    changed_policy = ledger.reserve(
+        DAY0, [pure(1.0)], policy_hash="p2", data_version="v2", run_id="r", cap=cap
+    )
+    assert not changed_policy.reused and changed_policy.epsilon_spent == 3.0
+
+
+def test_cap_refusal_writes_nothing_and_says_why(path):
+    ledger, cap = Ledger(path), basic_cap(2.5)
+    reserve(ledger, DAY0, [pure(1.0)], cap)
+    reserve(ledger, DAY0 + timedelta(days=1), [pure(1.0)], cap)
+    before = ledger.rows()
+    with pytest.raises(BudgetExceeded) as err:
+        reserve(ledger, DAY0 + timedelta(days=2), [pure(0.4), pure(0.3, "cohort_metrics")], cap)
+    message = str(err.value)
+    for part in ("requests epsilon 0.7", "already spent 2", "2.7 > cap 2.5", "30-day", "basic"):
+        assert part in message
+    after = ledger.rows()
+    assert after.row_hash.tolist() == before.row_hash.tolist()
+    assert ledger.verify() == []
+    # exactly at the cap is admitted (float tolerance)
+    assert reserve(ledger, DAY0 + timedelta(days=2), [pure(0.5)], cap).epsilon_spent == 2.5
+
+
+def test_invalid_inputs_are_refused(path):
+    with pytest.raises(ValueError):
+        BudgetCap(1.0, 30, DELTA, "advanced")
+    with pytest.raises(ValueError):
+        pure(-1.0)
+    with pytest.raises(ValueError):
+        reserve(Ledger(path), DAY0, [], basic_cap(1))
+
+
+def test_reading_a_missing_ledger_neither_fails_nor_creates_it(path):
+    ledger = Ledger(path)
+    assert ledger.rows().empty and list(ledger.rows().columns) == list(COLUMNS)
+    assert ledger.verify() == [] and ledger.reservation(DAY0, "p1", "v1").empty
+    assert not path.exists()
+
+
+# -- composition and windows -------------------------------------------------------------
+
+
+def test_zcdp_admits_more_daily_releases_than_basic(tmp_path):
+    rho = 0.01
+    spend = Spend.zcdp(rho, DELTA)
+    cap_eps = epsilon_from_rho(30 * rho, DELTA)  # exactly 30 releases' worth under zCDP
+    expected_basic = max(
+        n for n in range(31) if compose([spend] * n, "basic", DELTA)[0] <= cap_eps + 1e-9
+    )
+    assert expected_basic < 30
+
+    admitted = {}
+    for composition in ("zcdp", "basic"):
+        ledger = Ledger(tmp_path / f"{composition}.duckdb")
+        cap = BudgetCap(cap_eps, 30, DELTA, composition)
+        admitted[composition] = 0
+        for day in range(30):
+            try:
+                reserve(ledger, DAY0 + timedelta(days=day), [gauss(rho)], cap)
+                admitted[composition] += 1
+            except BudgetExceeded:
+                pass
+    assert admitted == {"zcdp": 30, "basic": expected_basic}
+
+
+def test_backfill_counts_every_window_containing_its_date(path):
+    ledger, cap = Ledger(path), basic_cap(3.0, window_days=7)
+    day = lambda n: DAY0 + timedelta(days=n)  # noqa: E731
+    for n in (10, 12, 14):
+        reserve(ledger, day(n), [pure(1.0)], cap)
+    # day 8 shares the window [8, 14] with 10, 12, 14: 4 > 3
+    with pytest.raises(BudgetExceeded, match="containing 2024-03-09"):
+        reserve(ledger, day(8), [pure(1.0)], cap)
+    # day 16 shares [10, 16] with all three
+    with pytest.raises(BudgetExceeded):
+        reserve(ledger, day(16), [pure(1.0)], cap)
+    # day 3's windows end by day 9: nothing else there
+    assert reserve(ledger, day(3), [pure(1.0)], cap).epsilon_spent == 1.0
+    # day 17: worst window [11, 17] holds 12, 14, 17
+    assert reserve(ledger, day(17), [pure(1.0)], cap).epsilon_spent == 3.0
+    spends = ledger_spends(ledger)
+    for d, _ in spends:
+        assert worst_window_spend(spends, 7, "basic", DELTA, d)[0] <= 3.0
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    composition=st.sampled_from(["zcdp", "basic"]),
+    window=st.integers(1, 10),
+    requests=st.lists(
+        st.tuples(st.integers(0, 20), st.floats(0.1, 2.0), st.sampled_from(["v1", "v2"])),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_no_window_ever_exceeds_the_cap(composition, window, requests):
+    cap = BudgetCap(4.0, window, DELTA, composition)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger(Path(tmp) / "l.duckdb")
+        for offset, epsilon, version in requests:
+            d = DAY0 + timedelta(days=offset)
+            before = ledger_spends(ledger)
+            already = not ledger.reservation(d, "p1", version).empty
+            would = worst_window_spend(
+                [*before, (d, Spend.pure(epsilon))], window, composition, DELTA, d
+            )[0]
+            try:
+                res = reserve(ledger, d, [pure(epsilon)], cap, data_version=version)
+                assert res.reused == already
+                assert already or would <= cap.epsilon_cap + 1e-9
+            except BudgetExceeded:
+                assert not already and would > cap.epsilon_cap + 1e-9
+                assert ledger_spends(ledger) == before
+        spends = ledger_spends(ledger)
+        for d, _ in spends:
+            assert worst_window_spend(spends, window, composition, DELTA, d)[0] <= 4.0 + 1e-9
+        assert ledger.verify() == []
+
+
+# -- tampering ---------------------------------------------------------------------------
+
+
+def three_releases(path) -> Ledger:
+    ledger = Ledger(path)
+    for n in range(3):
+        reserve(ledger, DAY0 + timedelta(days=n), [pure(1.0)], basic_cap(10))
+    assert ledger.verify() == []
+    return ledger
+
+
+def test_edited_row_is_detected_and_blocks_spending(path):
+    ledger = three_releases(path)
+    raw(path, "UPDATE privacy_spend SET epsilon = 0.001 WHERE seq = 2")
+    problems = ledger.verify()
+    assert len(problems) == 1 and "seq 2" in problems[0] and "edited" in problems[0]
+    with pytest.raises(LedgerCorrupt, match="seq 2"):
+        reserve(ledger, DAY0 + timedelta(days=5), [pure(1.0)], basic_cap(10))
+    assert len(ledger.rows()) == 3
+    assert ledger.summary(basic_cap(10))["verified"] is False
+
+
+def test_deleted_row_is_detected(path):
+    ledger = three_releases(path)
+    raw(path, "DELETE FROM privacy_spend WHERE seq = 2")
+    problems = ledger.verify()
+    assert any("seq 3" in p and "expected seq 2" in p for p in problems)
+    assert any("seq 3" in p and "chain broken" in p for p in problems)
+    with pytest.raises(LedgerCorrupt):
+        reserve(ledger, DAY0 + timedelta(days=5), [pure(1.0)], basic_cap(10))
+
+
+def test_truncated_tail_is_detected_by_the_head(path):
+    ledger = three_releases(path)
+    raw(path, "DELETE FROM privacy_spend WHERE seq = 3")
+    problems = ledger.verify()
+    assert len(problems) == 1 and "seq 3" in problems[0] and "truncated" in problems[0]
+    with pytest.raises(LedgerCorrupt):
+        reserve(ledger, DAY0 + timedelta(days=5), [pure(1.0)], basic_cap(10))
+
+
+def test_reordered_rows_are_detected(path):
+    ledger = three_releases(path)
+    raw(path, "UPDATE privacy_spend SET seq = CASE seq WHEN 1 THEN 2 ELSE 1 END WHERE seq <= 2")
+    problems = ledger.verify()
+    assert any("seq 1" in p for p in problems) and any("seq 2" in p for p in problems)
+
+
+# -- concurrency -------------------------------------------------------------------------
+
+
+def test_threads_reserve_atomically(path):
+    cap = basic_cap(3.0)
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def worker(n: int) -> None:
+        ledger = Ledger(path)  # one instance per thread: the lock is per path, not per object
+        barrier.wait()
+        try:
+            reserve(ledger, DAY0 + timedelta(days=n), [pure(1.0)], cap, run_id=f"t{n}")
+            outcomes.append("ok")
+        except BudgetExceeded:
+            outcomes.append("exceeded")
+        except Exception as exc:  # noqa: BLE001 - any other outcome is the failure we test for
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["exceeded"] * 5 + ["ok"] * 3
+    ledger = Ledger(path)
+    assert ledger.verify() == [] and ledger.rows().epsilon.sum() == 3.0
+
+
+def _process_worker(path: str, n: int, go, results) -> None:
+    go.wait(30)
+    try:
+        reserve(Ledger(path), DAY0 + timedelta(days=n), [pure(1.0)], basic_cap(3.0), run_id=f"p{n}")
+        results.put("ok")
+    except BudgetExceeded:
+        results.put("exceeded")
+    except Exception as exc:  # noqa: BLE001
+        results.put(repr(exc))
+
+
+def _hold_file(path: str, seconds: float, ready) -> None:
+    con = duckdb.connect(path)  # read-write: DuckDB locks the file for this process
+    try:
+        ready.set()
+        time.sleep(seconds)
+    finally:
+        con.close()
+
+
+def test_processes_reserve_atomically(path):
+    Ledger(path).verify()  # nothing to verify yet; just proves the path is usable
+    ctx = multiprocessing.get_context("spawn")
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_worker, args=(str(path), n, go, results)) for n in range(6)
+    ]
+    for p in procs:
+        p.start()
+    go.set()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert outcomes == ["exceeded"] * 3 + ["ok"] * 3
+    ledger = Ledger(path)
+    assert ledger.verify() == [] and ledger.rows().epsilon.sum() == 3.0
+
+
+def test_reserve_waits_for_another_process_holding_the_file(path):
+    reserve(Ledger(path), DAY0, [pure(1.0)], basic_cap(10))
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_file, args=(str(path), 2.0, ready))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        started = time.monotonic()
+        with pytest.raises(LedgerBusy, match="locked by another process") as err:
+            reserve(
+                Ledger(path, lock_timeout_s=0.3), DAY0 + timedelta(days=1), [pure(1)], basic_cap(10)
+            )
+        assert str(path) in str(err.value)
+        res = reserve(Ledger(path), DAY0 + timedelta(days=1), [pure(1.0)], basic_cap(10))
+        assert not res.reused and time.monotonic() - started > 1.0
+    finally:
+        holder.join(30)
+    assert Ledger(path).rows().seq.tolist() == [1, 2]
+
+
+# -- summary -----------------------------------------------------------------------------
+
+
+def test_summary(path):
+    ledger, cap = Ledger(path), BudgetCap(12.0, 7, DELTA, "zcdp")
+    empty = ledger.summary(cap)
+    assert empty["epsilon_spent"] == 0.0 and empty["epsilon_remaining"] == 12.0
+    assert empty["releases"] == [] and empty["as_of"] is None
+
+    releases = [
+        (DAY0, "v1", [pure(0.5), gauss(0.02)]),
+        (DAY0, "v2", [pure(0.5), gauss(0.02)]),
+        (DAY0 + timedelta(days=10), "v1", [gauss(0.05)]),
+    ]
+    for day, version, ms in releases:
+        reserve(ledger, day, ms, cap, data_version=version)
+
+    s = ledger.summary(cap)
+    json.dumps(s)  # JSON-serialisable as is
+    assert {k: s[k] for k in ("epsilon_cap", "window_days", "composition", "delta")} == {
+        "epsilon_cap": 12.0,
+        "window_days": 7,
+        "composition": "zcdp",
+        "delta": DELTA,
+    }
+    # default as_of is the latest release date; its window holds only the third release
+    assert s["as_of"] == "2024-03-11"
+    assert s["epsilon_spent"] == pytest.approx(epsilon_from_rho(0.05, DELTA))
+    assert s["epsilon_remaining"] == pytest.approx(12.0 - s["epsilon_spent"])
+    assert s["verified"] is True and s["problems"] == []
+
+    assert [(r["release_date"], r["data_version"]) for r in s["releases"]] == [
+        ("2024-03-01", "v1"),
+        ("2024-03-01", "v2"),
+        ("2024-03-11", "v1"),
+    ]
+    first = s["releases"][0]
+    spends = [m.spend for m in releases[0][2]]
+    assert first["measurements"] == 2 and first["policy_hash"] == "p1"
+    assert (first["epsilon"], first["delta"]) == pytest.approx(compose(spends, "zcdp", DELTA))
+    assert first["rho"] == pytest.approx(sum(sp.rho for sp in spends))
+
+    early = ledger.summary(cap, as_of=DAY0 + timedelta(days=3))
+    both = [m.spend for _, _, ms in releases[:2] for m in ms]
+    assert early["as_of"] == "2024-03-04"
+    assert early["epsilon_spent"] == pytest.approx(compose(both, "zcdp", DELTA)[0])
+
+    basic = ledger.summary(BudgetCap(12.0, 7, DELTA, "basic"), as_of=DAY0)
+    assert basic["epsilon_spent"] == pytest.approx(sum(sp.epsilon for sp in both))
