@@ -74,6 +74,41 @@ def cmd_ledger_verify(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_import(args) -> int:
+    from cohort_pipeline.importer import import_interactions, parse_mapping
+
+    summary = import_interactions(
+        args.file, parse_mapping(args.map), args.items, args.data_dir,
+        item_map=parse_mapping(args.item_map, ("item_id", "category"), ("item_id", "category")),
+        event_type=args.event_type, min_rating=args.min_rating, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"read {summary.rows_read:,} rows; wrote {summary.rows_written:,} events in "
+          f"{summary.files} daily file(s) {summary.first_date}..{summary.last_date} and "
+          f"{summary.catalog_items:,} catalog items into {args.data_dir}")
+    for reason, count in summary.rejected.items():
+        print(f"  rejected {count:,} row(s): {reason}")
+    if summary.first_date:
+        print(f"release dates need partitions from {summary.first_date}: set "
+              "release.partitions_start or COHORT_PIPELINE_PARTITIONS_START")
+    return 0
+
+
+def cmd_opt_out(args) -> int:
+    """Opt-outs apply from the next release: the opt_outs asset re-reads the list each run."""
+    from cohort_pipeline import optouts
+
+    path = Path(args.data_dir) / "opt_outs.csv"
+    if args.opt_out_command == "list":
+        frame = optouts.read(path)
+        print(frame.to_csv(index=False), end="")
+        return 0
+    change = optouts.add if args.opt_out_command == "add" else optouts.remove
+    changed = change(path, args.user_ids)
+    verb = "opted out" if args.opt_out_command == "add" else "opted back in"
+    print(f"{len(changed)} user(s) {verb} in {path}; effective from the next release")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cohort-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(data_dir()), help="default: $COHORT_PIPELINE_DATA_DIR or data/")
@@ -92,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     latest = sub.add_parser("latest-date", help="print the newest event date on file")
     latest.set_defaults(func=cmd_latest_date)
 
+    imp = sub.add_parser("import", help="turn an interactions file into canonical events")
+    imp.add_argument("file", help="interactions: ratings, clicks or purchases")
+    imp.add_argument("--map", required=True,
+                     help="user_id=COL,item_id=COL,event_time=COL[,event_type=COL,session_id=COL,"
+                          "device_type=COL,session_duration_s=COL,revenue=COL,rating=COL]")
+    imp.add_argument("--items", required=True, help="item file with each item's category")
+    imp.add_argument("--item-map", default="item_id=item_id,category=category",
+                     help="item_id=COL,category=COL of the item file")
+    imp.add_argument("--event-type", default="click", help="event type when none is mapped")
+    imp.add_argument("--min-rating", type=float, default=None, help="drop rows rated below this")
+    imp.add_argument("--overwrite", action="store_true", help="replace catalog and daily files")
+    imp.set_defaults(func=cmd_import)
+
     ledger = sub.add_parser("ledger", help="show or verify the privacy-budget ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     show = ledger_sub.add_parser("show", help="budget summary and every spend")
@@ -100,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_ledger_show)
     verify = ledger_sub.add_parser("verify", help="check the hash chain; exit 1 on any inconsistency")
     verify.set_defaults(func=cmd_ledger_verify)
+
+    opt_out = sub.add_parser("opt-out", help="manage users who opted out (excluded from the next release)")
+    opt_sub = opt_out.add_subparsers(dest="opt_out_command", required=True)
+    for name, help_text in (("add", "exclude users from every release from the next one on"),
+                            ("remove", "include users again from the next release on")):
+        cmd = opt_sub.add_parser(name, help=help_text)
+        cmd.add_argument("user_ids", nargs="+", metavar="USER_ID")
+        cmd.set_defaults(func=cmd_opt_out)
+    opt_sub.add_parser("list", help="print the opt-out list as CSV").set_defaults(func=cmd_opt_out)
     return parser
 
 

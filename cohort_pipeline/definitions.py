@@ -15,11 +15,12 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from cohort_pipeline.assets import cohorts, ingest, metrics, privacy, ranking
+from cohort_pipeline.assets import cohorts, experiments, governance, ingest, metrics, privacy, ranking
 from cohort_pipeline.assets.common import DAILY
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, data_dir, policy_path
+from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 
-ASSET_MODULES = [ingest, cohorts, privacy, metrics, ranking]
+ASSET_MODULES = [ingest, cohorts, privacy, metrics, ranking, experiments, governance]
 
 
 def resources_for(data: Path | str | None = None, policy: Path | str | None = None) -> dict:
@@ -50,8 +51,9 @@ daily_release = define_asset_job(
 defs = Definitions(
     assets=all_assets,
     asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
-    jobs=[daily_release],
+    jobs=[daily_release, ranking_refresh],
     schedules=[build_schedule_from_partitioned_job(daily_release, hour_of_day=3, minute_of_hour=0)],
+    sensors=[drift_ranking_refresh],
     resources=resources_for(),
     executor=in_process_executor,
 )

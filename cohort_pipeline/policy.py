@@ -27,6 +27,7 @@ MEASURED_ASSETS = (
     "cohort_metrics",
     "cohort_category_affinity",
     "cohort_recommendations",
+    "experiment_report",
 )
 ALL = "*"  # the label of a dimension dropped by coarsening
 MIN_SAFE_K = 10  # below this a "cohort" is close to an individual
@@ -106,7 +107,8 @@ def _number(raw, dotted, *, lo=None, hi=None, lo_open=False, integer=False):
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
         raise PolicyError(
-            f"policy key `{dotted}` must be a finite {'integer' if integer else 'number'}, got {value!r}"
+            f"policy key `{dotted}` must be a finite {'integer' if integer else 'number'},"
+            f" got {value!r}"
         )
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise PolicyError(
@@ -129,7 +131,8 @@ def _edges(raw, dotted, n_labels):
         )
     if len(edges) + 1 != n_labels:
         raise PolicyError(
-            f"policy key `{dotted}` has {len(edges)} edges, so needs {len(edges) + 1} labels, got {n_labels}"
+            f"policy key `{dotted}` has {len(edges)} edges, so needs {len(edges) + 1} labels,"
+            f" got {n_labels}"
         )
     return tuple(edges)
 
@@ -169,6 +172,13 @@ _KNOWN = {
 }
 
 
+_DIMENSION_KEYS = {
+    "engagement": {"edges", "labels"},
+    "recency": {"edges", "labels", "none_label"},
+    "device": {"groups"},
+}
+
+
 def _reject_unknown(raw: dict) -> None:
     # A typo in a privacy key must not silently fall back to a default.
     for key in raw:
@@ -199,7 +209,8 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
     outcome = _number(raw, "release.outcome_days", lo=1, integer=True)
     if outcome >= lookback:
         raise PolicyError(
-            f"policy key `release.outcome_days` ({outcome}) must be below `release.lookback_days` ({lookback})"
+            f"policy key `release.outcome_days` ({outcome}) must be below"
+            f" `release.lookback_days` ({lookback})"
         )
 
     eng_labels = _labels(raw, "cohorts.dimensions.engagement.labels")
@@ -225,15 +236,25 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
     seen = [d for members in groups.values() for d in (members or [])]
     if sorted(seen) != sorted(DEVICE_TYPES):
         raise PolicyError(
-            f"policy key `cohorts.dimensions.device.groups` must place each of {', '.join(DEVICE_TYPES)} in exactly one group, got {seen}"
+            "policy key `cohorts.dimensions.device.groups` must place each of"
+            f" {', '.join(DEVICE_TYPES)} in exactly one group, got {seen}"
         )
-    extra_dims = set(_get(raw, "cohorts.dimensions")) - {"engagement", "recency", "device"}
+    dims = _get(raw, "cohorts.dimensions")
+    extra_dims = set(dims) - set(_DIMENSION_KEYS)
     if extra_dims:
         raise PolicyError(f"unknown policy key `cohorts.dimensions.{sorted(extra_dims)[0]}`")
+    for dim, known in _DIMENSION_KEYS.items():
+        extra = set(dims[dim]) - known
+        if extra:
+            raise PolicyError(
+                f"unknown policy key `cohorts.dimensions.{dim}.{sorted(extra)[0]}`"
+                f" (known: {', '.join(sorted(known))})"
+            )
     order = _get(raw, "cohorts.coarsening_order")
     if not isinstance(order, list) or sorted(order) != ["device", "engagement", "recency"]:
         raise PolicyError(
-            f"policy key `cohorts.coarsening_order` must list engagement, recency and device once each, got {order!r}"
+            "policy key `cohorts.coarsening_order` must list engagement, recency and device"
+            f" once each, got {order!r}"
         )
     min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, integer=True)
 
@@ -245,12 +266,14 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
         and 0 <= dur[0] < dur[1]
     ):
         raise PolicyError(
-            f"policy key `bounds.session_duration_s` must be [low, high] with 0 <= low < high, got {dur!r}"
+            "policy key `bounds.session_duration_s` must be [low, high] with 0 <= low < high,"
+            f" got {dur!r}"
         )
     weights = _get(raw, "bounds.category_weights")
     if not isinstance(weights, dict) or set(weights) != set(EVENT_TYPES):
         raise PolicyError(
-            f"policy key `bounds.category_weights` must give a weight for each of {', '.join(EVENT_TYPES)}"
+            "policy key `bounds.category_weights` must give a weight for each of"
+            f" {', '.join(EVENT_TYPES)}"
         )
     for name in EVENT_TYPES:
         _number(raw, f"bounds.category_weights.{name}", lo=0)
@@ -308,6 +331,38 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently; a policy a reviewer reads one way and
+    the pipeline another is unsafe, so a repeated key is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise PolicyError(
+                    f"policy key `{key}` appears twice (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def budget_problem(policy: Policy) -> str | None:
+    """Why the budget can never admit a release, or None.
+
+    Not a load-time error: the policy is valid, and the blocking check `budget_within_limit`
+    reports this reason (nothing is spent), so the refusal is visible where budgets are
+    watched. One release composes to exactly `epsilon_per_release` under either composition.
+    """
+    if policy.epsilon_cap < policy.epsilon_per_release:
+        return (
+            f"budget.epsilon_cap ({policy.epsilon_cap:g}) is below one release's epsilon"
+            f" (budget.epsilon_per_release = {policy.epsilon_per_release:g}): no release can"
+            " ever be admitted; nothing was spent"
+        )
+    return None
+
+
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
     try:
@@ -315,9 +370,11 @@ def load_policy(path: str | Path) -> Policy:
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    except PolicyError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
     try:
         return parse_policy(raw, str(path))
     except PolicyError as exc:

@@ -6,7 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from dagster import DailyPartitionsDefinition, Failure, MetadataValue, TableColumn, TableSchema
+from dagster import (
+    AutomationCondition,
+    DailyPartitionsDefinition,
+    Failure,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
 
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.resources import (
@@ -26,6 +33,8 @@ class Group:
     PRIVACY = "privacy"
     METRICS = "metrics"
     RANKING = "ranking"
+    EXPERIMENTS = "experiments"
+    GOVERNANCE = "governance"
 
 
 class Owner:
@@ -36,6 +45,13 @@ class Owner:
 
 # Release dates: one partition per day from the policy's (or environment's) start date.
 DAILY = DailyPartitionsDefinition(start_date=load_policy(policy_path()).partitions_start.isoformat())
+
+# DP assets: materialize automatically once upstream is updated, but only if every blocking
+# check upstream (budget_within_limit, min_cohort_size, ...) passed: a failed check stops
+# downstream only within its own run, so automation must not start them afterwards.
+AFTER_BLOCKING_CHECKS = (
+    AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("eager_after_blocking_checks")
 
 PRIVATE_TAGS = {"zone": "private"}
 RELEASE_TAGS = {"zone": "release"}

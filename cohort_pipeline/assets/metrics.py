@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
 from cohort_pipeline.assets.cohorts import cohort_assignments, user_profiles
 from cohort_pipeline.assets.common import (
+    AFTER_BLOCKING_CHECKS,
     CODE_VERSION,
     DAILY,
     RELEASE_TAGS,
@@ -30,6 +31,7 @@ DP_ASSET = dict(
     tags=RELEASE_TAGS,
     code_version=CODE_VERSION,
     pool="warehouse",
+    automation_condition=AFTER_BLOCKING_CHECKS,
 )
 
 

@@ -13,8 +13,10 @@ from dagster import (
     asset,
 )
 
+from cohort_pipeline import alerts
 from cohort_pipeline.assets.cohorts import cohort_assignments
 from cohort_pipeline.assets.common import (
+    AFTER_BLOCKING_CHECKS,
     CODE_VERSION,
     DAILY,
     RELEASE_TAGS,
@@ -25,6 +27,7 @@ from cohort_pipeline.assets.common import (
     stored_release,
     table_preview,
 )
+from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, replace_partition
@@ -49,7 +52,11 @@ MIN_SIZE_CHECK = "min_cohort_size"
             blocking=True,
             description="The release's composed spend over any budget.window_days stays within budget.epsilon_cap; "
             "when it would not, nothing is spent and no DP asset of the release runs.",
-        )
+        ),
+        *[AssetCheckSpec(name, asset="privacy_budget_ledger",
+                         description=f"WARN: the window's spend is below {share:.0%} of budget.epsilon_cap "
+                         "(an alert is recorded and sent to $COHORT_PIPELINE_ALERT_WEBHOOK when not).")
+          for name, share in alerts.BUDGET_THRESHOLDS.items()],
     ],
     description="Atomic reservation of this release's privacy spend in ledger.privacy_spend, recorded before "
     "any noise is drawn. Re-running an unchanged release reuses its reservation and spends nothing.",
@@ -64,6 +71,8 @@ def privacy_budget_ledger(
     store = ledger.ledger()
     measurements = planned_measurements(policy)
     try:
+        if problem := budget_problem(policy):  # no release could ever fit: leave the ledger alone
+            raise BudgetExceeded(problem)
         reservation = store.reserve(
             release_date, measurements, policy_hash=policy.hash, data_version=version, run_id=context.run_id, cap=cap
         )
@@ -73,6 +82,9 @@ def privacy_budget_ledger(
         context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
     summary = store.summary(cap, as_of=release_date)
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
+    fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=None if passed else reason)
+    for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
+        context.log.error(error)
     check_meta = {"epsilon_spent": spent, "epsilon_cap": policy.epsilon_cap, "window_days": policy.window_days,
                   "composition": policy.composition, "reason": reason}
     plan = [{"asset": m.asset, "mechanism": m.mechanism, "epsilon": m.spend.epsilon, "delta": m.spend.delta,
@@ -91,7 +103,9 @@ def privacy_budget_ledger(
         },
         check_results=[
             AssetCheckResult(check_name=BUDGET_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
-                             metadata=check_meta)
+                             metadata=check_meta),
+            *[AssetCheckResult(check_name=name, passed=ok, severity=AssetCheckSeverity.WARN, metadata=meta)
+              for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)],
         ],
     )
 
@@ -104,6 +118,7 @@ def privacy_budget_ledger(
     tags=RELEASE_TAGS,
     code_version=CODE_VERSION,
     pool="warehouse",
+    automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[privacy_budget_ledger, cohort_assignments],
     check_specs=[
         AssetCheckSpec(

@@ -15,12 +15,14 @@ from dagster import (
 )
 
 from cohort_pipeline.assets.common import (
+    AFTER_BLOCKING_CHECKS,
     CODE_VERSION,
     DAILY,
     RELEASE_TAGS,
     Group,
     Owner,
     table_preview,
+    write_release,
 )
 from cohort_pipeline.assets.metrics import cohort_category_affinity, measured
 from cohort_pipeline.assets.privacy import cohort_sizes
@@ -47,6 +49,7 @@ def _release_rows(warehouse, table, release_date):
     tags=RELEASE_TAGS,
     code_version=CODE_VERSION,
     pool="warehouse",
+    automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[cohort_category_affinity, cohort_sizes],
     check_specs=[
         AssetCheckSpec(CHANGE_CHECK, asset="ranking_weights", blocking=True,
@@ -102,6 +105,7 @@ def ranking_weights(context: AssetExecutionContext, pipeline: PipelineResource, 
     tags=RELEASE_TAGS,
     code_version=CODE_VERSION,
     pool="warehouse",
+    automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[ranking_weights],
     description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "
     "Table release.cohort_recommendations, exported to exports/<date>/cohort_recommendations.csv.",
@@ -118,6 +122,8 @@ def cohort_recommendations(
                                [release_date])
         catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
         popularity = release_item_popularity(items, catalog, release.policy)
+        # Stored for experiment_report's popularity arm: same window, same budget.
+        write_release(warehouse, "release.item_popularity", release, popularity)
         return recommendations(weights, popularity, policy.top_n)
 
     _, recs, reused = measured(

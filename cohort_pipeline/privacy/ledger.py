@@ -320,10 +320,7 @@ class Ledger:
         where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
 
         def decide(con) -> Reservation:
-            records, head = self._read_chain(con)
-            problems = _check_chain(records, head)
-            if problems:
-                raise LedgerCorrupt(f"ledger {self.path} failed verification: {problems}")
+            records = self._require_verified(con)
             spends = _spends(records)
             existing = self._rows_df(con, where, key)
             if len(existing):  # consistent releases: an unchanged release spends nothing
@@ -401,13 +398,31 @@ class Ledger:
     def reservation(
         self, release_date: date | str, policy_hash: str, data_version: str
     ) -> pd.DataFrame:
-        """The ledger rows of one release (empty if it was never reserved)."""
+        """The ledger rows of one release (empty if it was never reserved).
+
+        DP assets draw noise on the strength of these rows, so a ledger that fails
+        verification raises LedgerCorrupt here too: a forged or edited row admits nothing."""
         key = [_as_date(release_date), policy_hash, data_version]
         where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
-        return self._run(
-            lambda con: self._empty() if con is None else self._rows_df(con, where, key),
-            create=False,
-        )
+
+        def work(con) -> pd.DataFrame:
+            if con is None:
+                return self._empty()
+            self._require_verified(con)
+            return self._rows_df(con, where, key)
+
+        return self._run(work, create=False)
+
+    def _require_verified(self, con) -> list[tuple]:
+        """The chain's records; LedgerCorrupt, saying what was found, if it does not verify."""
+        records, head = self._read_chain(con)
+        problems = _check_chain(records, head)
+        if problems:
+            raise LedgerCorrupt(
+                f"ledger {self.path} failed verification, refusing to spend: {'; '.join(problems)}"
+                " (run `cohort-pipeline ledger verify`; restore the ledger from a verified copy)"
+            )
+        return records
 
     def rows(self) -> pd.DataFrame:
         """The whole ledger in seq order."""

@@ -10,6 +10,7 @@ Neighbouring datasets differ by adding or removing one user (all their window ev
 | cohort_metrics           | gaussian  | L2   | sqrt(3) (3 values in [0,1]) |
 | cohort_category_affinity | gaussian  | L2   | bounds.category_l2_norm     |
 | cohort_recommendations   | gaussian  | L2   | bounds.item_l2_norm         |
+| experiment_report        | gaussian  | L2   | 3 (9 values in [-1,1])      |
 
 Everything after the noise (coarsening, ratios, clamping, shares) is post-processing.
 """
@@ -29,6 +30,8 @@ from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace, rat
 
 METRIC_COLUMNS = ("mean_duration_s", "converted", "sessions")  # per-user, bounded in bounding.py
 METRICS_SENSITIVITY = math.sqrt(len(METRIC_COLUMNS))
+# experiments.readout_vectors: per user, 9 values each in [-1, 1] (7 overall, 2 in one cohort).
+EXPERIMENT_SENSITIVITY = 3.0
 
 
 def mechanisms(policy: Policy) -> dict[str, Mechanism]:
@@ -44,6 +47,9 @@ def mechanisms(policy: Policy) -> dict[str, Mechanism]:
         ),
         "cohort_recommendations": gaussian(
             policy.item_l2_norm, share["cohort_recommendations"], policy.delta
+        ),
+        "experiment_report": gaussian(
+            EXPERIMENT_SENSITIVITY, share["experiment_report"], policy.delta
         ),
     }
 
@@ -63,43 +69,43 @@ def coarsen(noisy: pd.Series, policy: Policy) -> list[tuple[str, list[str], floa
     """Merge cohorts whose noisy size is below k into their parents, dropping dimensions in
     `cohorts.coarsening_order`. Post-processing of noisy counts only.
 
-    A pool of small siblings that is still below k absorbs its smallest released siblings
-    until it reaches k; what is below k after the last dimension is dropped is returned as
-    it is, for the `min_cohort_size` check to refuse. Returns (key, members, noisy size).
+    Small siblings are pooled under their parent key (e.g. `low|recent|*`); a pool still
+    below k absorbs already-released cohorts under the same parent, smallest first, until
+    it reaches k. What is below k after the last dimension is dropped is returned as it is,
+    for the `min_cohort_size` check to refuse. Returns (key, members, noisy size) with every
+    full key in exactly one entry.
     """
     k = policy.min_size
-    dims = [d.name for d in policy.dimensions]
+    names = [d.name for d in policy.dimensions]
+    dropped: list[int] = []
     pending = [(key, [key], float(n)) for key, n in noisy.items()]
     released: list[tuple[str, list[str], float]] = []
     for dim in policy.coarsening_order:
-        big = [c for c in pending if c[2] >= k]
-        small = [c for c in pending if c[2] < k]
-        pools: dict[str, list] = defaultdict(lambda: [[], 0.0])
-        for key, members, n in small:
-            pool = pools[_drop(key, dims.index(dim))]
-            pool[0] += members
-            pool[1] += n
+        dropped.append(names.index(dim))
+        released += [c for c in pending if c[2] >= k]
+        pools: dict[str, tuple[list[str], float]] = {}
+        for key, members, n in (c for c in pending if c[2] < k):
+            parent = _drop(key, dropped)
+            pooled, total = pools.get(parent, ([], 0.0))
+            pools[parent] = (pooled + members, total + n)
         pending = []
         for parent, (members, n) in sorted(pools.items()):
-            siblings = sorted(
-                (c for c in big if _drop(c[0], dims.index(dim)) == parent),
-                key=lambda c: (c[2], c[0]),
-            )
+            siblings = sorted((c for c in released if _drop(c[0], dropped) == parent), key=lambda c: (c[2], c[0]))
             for sibling in siblings:
                 if n >= k:
                     break
-                big.remove(sibling)
+                released.remove(sibling)
                 members, n = members + sibling[1], n + sibling[2]
             pending.append((parent, sorted(members), n))
-        released += big
     released += pending
     order = {key: i for i, key in enumerate(noisy.index)}
     return sorted(released, key=lambda c: min(order[m] for m in c[1]))
 
 
-def _drop(key: str, index: int) -> str:
+def _drop(key: str, indices: list[int]) -> str:
     labels = key.split("|")
-    labels[index] = ALL
+    for index in indices:
+        labels[index] = ALL
     return "|".join(labels)
 
 

@@ -1,0 +1,275 @@
+"""Scale benchmark: the whole daily release graph at 1M, 10M and 100M events.
+
+    .venv/bin/python benchmarks/scale.py --sizes 1M 10M 100M
+
+For each size: generates the sample (streaming, once; reused while the files exist), runs the
+release graph in a fresh child process (in-process executor, as the daily job does) and
+samples the child's whole process tree for peak RSS. Then, in another child, runs the plain
+DuckDB floor: the same per-cohort aggregates straight from the validated events, with no
+bounding and no noise. Writes results/scale.json, results/scale.md and results/scale.png.
+
+DuckDB's memory limit and temp directory come from COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT and
+COHORT_PIPELINE_DUCKDB_TEMP_DIR (defaults below), as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+RELEASE_DATE = "2026-11-28"
+SEED = 7
+DAYS = 30
+# ~48 events per user over 30 days with the generator's defaults: 210k users ~ 10M events.
+USERS = {"1M": 21_000, "10M": 210_000, "100M": 2_100_000}
+# The steps that bound, aggregate and add noise: the "DP release step" of the ratio.
+DP_STEPS = (
+    "user_profiles",
+    "cohort_assignments",
+    "privacy_budget_ledger",
+    "cohort_sizes",
+    "cohort_metrics",
+    "cohort_category_affinity",
+    "cohort_recommendations",
+)
+
+
+def data_dir_for(size: str) -> Path:
+    return RESULTS / "data" / size
+
+
+def ensure_data(size: str) -> dict:
+    """Generate the sample for `size` unless it is already on disk; returns generator facts."""
+    from cohort_pipeline.generate import generate
+
+    data = data_dir_for(size)
+    marker = data / "generated.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    t0 = time.perf_counter()
+    summary = generate(data, users=USERS[size], days=DAYS, seed=SEED,
+                       end_date=dt.date.fromisoformat(RELEASE_DATE))  # fmt: skip
+    facts = {"events": summary.events, "users": summary.users, "generate_s": time.perf_counter() - t0}
+    marker.write_text(json.dumps(facts))
+    return facts
+
+
+def fresh_release_state(data: Path) -> None:
+    """Each run starts from no warehouse and no ledger, as a first release would."""
+    shutil.copy(REPO / "data" / "policy.yaml", data / "policy.yaml")
+    for path in data.glob("*.duckdb*"):
+        path.unlink()
+    shutil.rmtree(data / "exports", ignore_errors=True)
+
+
+def run_child(args: list[str], env: dict) -> tuple[dict, float, int]:
+    """Run this script in `child` mode; returns (its JSON result, wall s, peak tree RSS bytes)."""
+    out = RESULTS / f".child-{os.getpid()}.json"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, *args, "--out", str(out)], env=env)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args} failed with exit code {proc.returncode}")
+    result = json.loads(out.read_text())
+    out.unlink()
+    # ru_maxrss catches a spike shorter than the sampling interval (single process, KiB).
+    return result, wall, max(peak, result["ru_maxrss_kib"] * 1024)
+
+
+def child_release(data: Path) -> dict:
+    """Materialize the whole graph for RELEASE_DATE in this process; per-step times."""
+    import resource
+
+    from dagster import DagsterInstance, materialize
+
+    from cohort_pipeline.definitions import all_assets, resources_for
+
+    instance = DagsterInstance.ephemeral()
+    t0 = time.perf_counter()
+    result = materialize(all_assets, partition_key=RELEASE_DATE, resources=resources_for(data),
+                         instance=instance, raise_on_error=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)}
+    return {"success": result.success, "graph_s": wall, "steps": steps,
+            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+
+
+def child_plain(data: Path) -> dict:
+    """The physical floor: the released aggregates from the validated events in plain DuckDB,
+    no per-user clamping, no L2 scaling, no noise. Same bands, so the same cohorts."""
+    import resource
+
+    from cohort_pipeline.definitions import resources_for
+    from cohort_pipeline.policy import load_policy
+    from cohort_pipeline.privacy.bounding import window
+
+    policy = load_policy(data / "policy.yaml")
+    warehouse = resources_for(data)["warehouse"]
+    _, outcome_start, _ = window(policy, dt.date.fromisoformat(RELEASE_DATE))
+    queries = plain_queries(policy, outcome_start, data / "catalog.csv")
+    t0 = time.perf_counter()
+    with warehouse.connect() as con:
+        for sql in queries:
+            con.execute(sql).fetchall()
+    return {"plain_s": time.perf_counter() - t0,
+            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+
+
+def plain_queries(policy, outcome_start: dt.date, catalog: Path) -> list[str]:
+    from cohort_pipeline.privacy.bounding import _band, _device_group
+
+    events = f"(SELECT * FROM private.raw_events WHERE release_date = DATE '{RELEASE_DATE}')"
+    recency = _band("days_since_purchase", policy.recency_edges, policy.recency_labels[:-1])
+    start = f"TIMESTAMPTZ '{outcome_start} 00:00:00+00'"
+    users = f"""
+        CREATE OR REPLACE TEMP TABLE plain_users AS
+        WITH s AS (SELECT user_id, session_id, max(session_duration_s) AS d,
+                          arg_min(device_type, event_time) AS device_type
+                   FROM {events} GROUP BY ALL),
+        u AS (SELECT user_id, count(*) AS n, avg(d) AS d, mode(device_type) AS device_type
+              FROM s GROUP BY user_id),
+        p AS (SELECT user_id,
+                     DATE '{outcome_start}' - max(CASE WHEN event_time < {start}
+                         THEN CAST(timezone('UTC', event_time) AS DATE) END) AS days_since_purchase,
+                     bool_or(event_time >= {start}) AS converted
+              FROM {events} WHERE event_type = 'purchase' GROUP BY user_id)
+        SELECT u.user_id, u.n, u.d, coalesce(p.converted, false)::INT AS converted,
+               {_band("u.n", policy.engagement_edges, policy.engagement_labels)} || '|' ||
+               CASE WHEN days_since_purchase IS NULL THEN '{policy.recency_labels[-1]}'
+                    ELSE {recency} END || '|' || {_device_group(policy, "u.device_type")} AS cohort_key
+        FROM u LEFT JOIN p USING (user_id)
+    """
+    weights = " ".join(f"WHEN '{k}' THEN {v}" for k, v in policy.category_weights.items())
+    return [
+        users,
+        "SELECT cohort_key, count(*), avg(d), avg(converted), avg(n) FROM plain_users GROUP BY ALL",
+        f"""SELECT u.cohort_key, c.category, sum(CASE e.event_type {weights} ELSE 0 END)
+            FROM {events} e JOIN read_csv('{catalog}', all_varchar = true) c USING (item_id)
+            JOIN plain_users u USING (user_id) GROUP BY ALL""",
+        f"SELECT item_id, count(DISTINCT user_id) FROM {events} GROUP BY item_id",
+    ]
+
+
+def measure(size: str, env: dict) -> dict:
+    data = data_dir_for(size)
+    facts = ensure_data(size)
+    fresh_release_state(data)
+    release, process_s, peak = run_child(["child-release", str(data)], env)
+    if not release["success"]:
+        raise SystemExit(f"{size}: the release graph failed; see the child's log above")
+    plain, _, plain_peak = run_child(["child-plain", str(data)], env)
+    dp_s = sum(release["steps"].get(s, 0.0) for s in DP_STEPS)
+    return {
+        "size": size,
+        "events": facts["events"],
+        "users": facts["users"],
+        "generate_s": facts["generate_s"],
+        "graph_s": release["graph_s"],
+        "process_s": process_s,
+        "peak_rss_gib": peak / 2**30,
+        "events_per_s": facts["events"] / release["graph_s"],
+        "steps": release["steps"],
+        "dp_step_s": dp_s,
+        "plain_s": plain["plain_s"],
+        "plain_peak_rss_gib": plain_peak / 2**30,
+        "dp_over_plain": dp_s / plain["plain_s"],
+    }
+
+
+def markdown(rows: list[dict], env: dict) -> str:
+    lines = [
+        f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
+        "",
+        "| events | users | whole graph (s) | process (s) | peak RSS, tree (GiB) | events/s "
+        "| DP release step (s) | plain DuckDB (s) | DP / plain |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['events']:,} | {r['users']:,} | {r['graph_s']:.1f} | {r['process_s']:.1f} | "
+            f"{r['peak_rss_gib']:.2f} | {r['events_per_s']:,.0f} | {r['dp_step_s']:.1f} | "
+            f"{r['plain_s']:.1f} | {r['dp_over_plain']:.2f} |"
+        )
+    if len(rows) > 1:
+        lines.append("")
+        for a, b in zip(rows, rows[1:], strict=False):
+            lines.append(f"time({b['size']}) / time({a['size']}) = {b['graph_s'] / a['graph_s']:.1f}")
+    steps = list(rows[0]["steps"])
+    lines += ["", "Per-asset time (s):", "", "| asset | " + " | ".join(r["size"] for r in rows) + " |",
+              "|---|" + "---:|" * len(rows)]  # fmt: skip
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(f"{r['steps'].get(step, 0):.2f}" for r in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    events = [r["events"] for r in rows]
+    ax1.loglog(events, [r["graph_s"] for r in rows], "o-", label="whole graph")
+    ax1.loglog(events, [r["dp_step_s"] for r in rows], "s-", label="DP release step")
+    ax1.loglog(events, [r["plain_s"] for r in rows], "^-", label="plain DuckDB (no DP)")
+    ax1.set(xlabel="events", ylabel="seconds", title="Wall time")
+    ax1.legend()
+    ax2.semilogx(events, [r["peak_rss_gib"] for r in rows], "o-")
+    ax2.axhline(6, color="grey", ls="--", label="6 GiB target")
+    ax2.set(xlabel="events", ylabel="GiB", title="Peak RSS (process tree)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "child-release", "child-plain"])
+    parser.add_argument("data", nargs="?")
+    parser.add_argument("--sizes", nargs="+", default=list(USERS), choices=list(USERS))
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.mode != "bench":
+        child = child_release if args.mode == "child-release" else child_plain
+        Path(args.out).write_text(json.dumps(child(Path(args.data))))
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT", "4GB")
+    env.setdefault("COHORT_PIPELINE_DUCKDB_TEMP_DIR", str(RESULTS / "duckdb_tmp"))
+    rows = []
+    for size in args.sizes:
+        row = measure(size, env)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2))
+    (RESULTS / "scale.md").write_text(markdown(rows, env))
+    plot(rows, RESULTS / "scale.png")
+    print((RESULTS / "scale.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Where the per-user bounding SQL runs: in the DuckDB warehouse (default) or on Spark.
+
+An engine is the resource under the key "engine"; `definitions.resources_for` picks it from
+COHORT_PIPELINE_ENGINE (`duckdb` or `spark`). Either way the bounded per-user tables land in
+the warehouse's private schema, so noise, the ledger and the checks never see a difference.
+The SQL itself is written once, in privacy/bounding.py (DuckDB dialect); the Spark engine
+translates it, and a parity test holds the two engines to the same results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+
+import duckdb
+from dagster import ConfigurableResource
+
+from cohort_pipeline.policy import Policy
+from cohort_pipeline.privacy.bounding import user_categories_sql, user_items_sql, user_profiles_sql
+
+ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
+ENGINES = ("duckdb", "spark")
+
+
+def bounding_queries(policy: Policy, day: date, events: str, catalog: str) -> list[tuple[str, str]]:
+    """(private table, DuckDB SQL) of every per-user bounded table of a release."""
+    return [
+        ("private.user_profiles", user_profiles_sql(policy, day, events)),
+        ("private.user_categories", user_categories_sql(policy, events, catalog)),
+        ("private.user_items", user_items_sql(policy, events)),
+    ]
+
+
+class DuckDBEngine(ConfigurableResource):
+    """Bounding inside the warehouse connection: nothing leaves DuckDB."""
+
+    @contextmanager
+    def bounded_tables(
+        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
+    ) -> Iterator[list[tuple[str, str]]]:
+        """Yields (private table, query over `con`) pairs; the queries are valid inside the
+        block. `events` and `catalog` name relations of `con`."""
+        yield bounding_queries(policy, day, events, catalog)
+
+
+def engine_name() -> str:
+    name = os.environ.get(ENGINE_ENV, "duckdb").strip().lower() or "duckdb"
+    if name not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={name!r}: expected one of {', '.join(ENGINES)}")
+    return name

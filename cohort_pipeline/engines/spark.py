@@ -1,0 +1,106 @@
+"""The Spark engine: the per-user bounding SQL of privacy/bounding.py, run on Spark.
+
+Selected with COHORT_PIPELINE_ENGINE=spark (needs the `spark` extra and a Java 17+ runtime).
+The validated window events and the catalog go to Spark as Parquet in `stage_dir`; Spark runs
+the same queries, translated from DuckDB's dialect by sqlglot and three rewrites below,
+and writes the bounded per-user tables back as Parquet, which the warehouse loads into its
+private schema. Everything after bounding (noise, ledger, checks) is unchanged. Point
+`master` at a cluster and `stage_dir` at storage both the warehouse and the executors
+can read (docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import sqlglot
+from dagster import ConfigurableResource
+from sqlglot import exp
+
+from cohort_pipeline.engines import bounding_queries
+from cohort_pipeline.policy import Policy
+
+
+def _struct_order(node: exp.Expression) -> exp.Expression:
+    # DuckDB orders row tuples lexicographically; Spark orders structs the same way.
+    if isinstance(node, exp.Tuple) and isinstance(node.parent, exp.ArgMax | exp.ArgMin):
+        return exp.Struct(expressions=node.expressions)
+    return node
+
+
+def _utc_wall_time(node: exp.Expression) -> exp.Expression:
+    # The Spark session runs in UTC (see `session`), so a timestamp already reads as UTC.
+    if isinstance(node, exp.Anonymous) and node.name.lower() == "timezone":
+        zone, value = node.expressions
+        if zone.name.upper() != "UTC":
+            raise ValueError(f"only timezone('UTC', ...) translates to Spark, not {zone.sql()}")
+        return value
+    return node
+
+
+def _day_difference(node: exp.Expression) -> exp.Expression:
+    # DATE - DATE is a day count in DuckDB and an interval in Spark.
+    if isinstance(node, exp.Sub) and isinstance(node.this, exp.Cast) and node.this.is_type("date"):
+        return exp.DateDiff(this=node.this, expression=node.expression, unit=exp.var("DAY"))
+    return node
+
+
+def to_spark_sql(sql: str) -> str:
+    """The same query in Spark SQL."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for rewrite in (_struct_order, _utc_wall_time, _day_difference):
+        tree = tree.transform(rewrite)
+    return tree.sql(dialect="spark")
+
+
+class SparkEngine(ConfigurableResource):
+    """Bounding on Spark. `master` is `local[N]` on one machine or a cluster URL
+    (`spark://host:7077`, `yarn`, `k8s://...`); `spark_config` adds any Spark setting."""
+
+    stage_dir: str
+    master: str = "local[2]"
+    spark_config: dict[str, str] = {}
+
+    def session(self):
+        from pyspark.sql import SparkSession
+
+        # Python workers must be this environment's interpreter, not the system one (design §5).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = SparkSession.builder.master(self.master).appName("cohort_pipeline")
+        conf = {"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.shuffle.partitions": "8", **self.spark_config}  # fmt: skip
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
+
+    @contextmanager
+    def bounded_tables(
+        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
+    ) -> Iterator[list[tuple[str, str]]]:
+        """Same contract as DuckDBEngine.bounded_tables: (private table, query over `con`)
+        pairs, valid inside the block; the staged Parquet is removed after it."""
+        stage = Path(self.stage_dir) / f"bounding-{uuid.uuid4().hex}"
+        stage.mkdir(parents=True)
+        try:
+            spark = self.session()
+            for name in (events, catalog):
+                con.execute(f"COPY (SELECT * FROM {name}) TO '{stage / name}' "
+                            "(FORMAT parquet, PER_THREAD_OUTPUT true)")  # fmt: skip
+                spark.read.parquet(str(stage / name)).createOrReplaceTempView(name)
+            queries = []
+            for table, sql in bounding_queries(policy, day, events, catalog):
+                target = stage / table
+                spark.sql(to_spark_sql(sql)).write.parquet(str(target))
+                queries.append((table, f"SELECT * FROM read_parquet('{target}/*.parquet')"))
+            yield queries
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

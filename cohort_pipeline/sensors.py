@@ -1,0 +1,50 @@
+"""Sensors: a drift breach in a release's privacy scorecard requests a ranking refresh.
+
+The sensor reads only Dagster's event log (the scorecard's materialization metadata), never
+the warehouse, so it never contends for DuckDB's write lock with a running release.
+"""
+
+from dagster import (
+    AssetSelection,
+    DefaultSensorStatus,
+    EventLogEntry,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    asset_sensor,
+    define_asset_job,
+)
+
+from cohort_pipeline.assets.common import DAILY
+from cohort_pipeline.assets.governance import privacy_scorecard
+from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
+
+ranking_refresh = define_asset_job(
+    "ranking_refresh",
+    selection=AssetSelection.assets(ranking_weights, cohort_recommendations),
+    partitions_def=DAILY,
+    description="Recompute ranking weights and recommendations of one release date "
+    "(post-processing of its stored DP releases; the recommendations' reservation is reused, "
+    "nothing is spent).",
+)
+
+
+@asset_sensor(
+    asset_key=privacy_scorecard.key,
+    job=ranking_refresh,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="When a release's drift check breaches (PSI >= 0.25), request a ranking refresh "
+    "run for that release date.",
+)
+def drift_ranking_refresh(context: SensorEvaluationContext, asset_event: EventLogEntry):
+    materialization = asset_event.asset_materialization
+    level = materialization.metadata.get("drift_level")
+    partition = materialization.partition
+    if level is None or level.value != "breach" or partition is None:
+        return SkipReason(f"release {partition}: drift {getattr(level, 'value', 'unknown')}")
+    psi = materialization.metadata["drift_psi"].value
+    return RunRequest(
+        run_key=f"drift-refresh:{partition}:{asset_event.run_id}",
+        partition_key=partition,
+        tags={"cohort_pipeline/trigger": "drift", "cohort_pipeline/drift_psi": f"{psi:.4f}"},
+    )

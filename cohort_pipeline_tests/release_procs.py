@@ -1,0 +1,156 @@
+"""Releases in separate OS processes, for the concurrency and crash tests.
+
+Children come from a forkserver that has already imported Dagster and the pipeline, so each
+release process starts in milliseconds instead of seconds, and the test process's own DuckDB
+state is never forked. A child can be told to SIGKILL itself at its n-th "point": just before
+or after any statement it sends to DuckDB (warehouse or ledger), or right after a noise draw.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(["cohort_pipeline.definitions", "dagster", "duckdb"])
+
+
+class _Points:
+    """Counts instrumented points; kills this process at point `kill_at` (1-based)."""
+
+    def __init__(self, kill_at: int | None, log: Path | None):
+        self.kill_at, self.log, self.seen = kill_at, log, 0
+
+    def __call__(self, label: str) -> None:
+        self.seen += 1
+        if self.log:
+            with self.log.open("a") as f:
+                f.write(f"{self.seen}\t{label}\n")
+        if self.seen == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Connection:
+    """A DuckDB connection that passes each statement through the points counter."""
+
+    def __init__(self, con, name: str, points: _Points):
+        self._con, self._name, self._points = con, name, points
+
+    def _statement(self, method: str, sql: str, *args):
+        label = f"{self._name}: {' '.join(str(sql).split())[:60]}"
+        self._points(f"before {label}")
+        result = getattr(self._con, method)(sql, *args)
+        self._points(f"after {label}")
+        return result
+
+    def execute(self, sql, *args):
+        return self._statement("execute", sql, *args)
+
+    def executemany(self, sql, *args):
+        return self._statement("executemany", sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def _instrument(points: _Points) -> None:
+    import duckdb
+
+    from cohort_pipeline.privacy import mechanisms
+
+    connect = duckdb.connect
+
+    def connect_counted(database=":memory:", *args, **kwargs):
+        return _Connection(connect(database, *args, **kwargs), Path(str(database)).name, points)
+
+    duckdb.connect = connect_counted
+    draw = mechanisms.Mechanism.__call__
+
+    def draw_counted(self, values):
+        noisy = draw(self, values)
+        points(f"noise drawn: {self.name}")
+        return noisy
+
+    mechanisms.Mechanism.__call__ = draw_counted
+
+
+def run_release(
+    data_dir: str,
+    partition: str,
+    out: str,
+    kill_at: int | None = None,
+    points_log: str | None = None,
+    selection: str | None = None,
+) -> None:
+    """Child body: materialize the release for `partition`; write a JSON summary to `out`.
+
+    stdout/stderr (Dagster's log lines: what a user sees) go to `out` + '.log'."""
+    log = os.open(out + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    if kill_at is not None or points_log:
+        _instrument(_Points(kill_at, Path(points_log) if points_log else None))
+
+    from cohort_pipeline_tests.conftest import check_results
+    from cohort_pipeline_tests.conftest import run_release as materialize_release
+
+    started = time.time()
+    result = materialize_release(Path(data_dir), partition, selection=selection)
+    budget = [
+        e.metadata.get("reason")
+        for e in result.get_asset_check_evaluations()
+        if e.asset_check_key.name == "budget_within_limit"
+    ]
+    failures = [
+        e.event_specific_data.error.message
+        for e in result.all_events
+        if e.is_step_failure and e.event_specific_data.error
+    ]
+    sizes = {
+        k: v.value
+        for m in result.asset_materializations_for_node("cohort_sizes")
+        for k, v in m.metadata.items()
+        if k.startswith("noisy_users:")
+    }
+    summary = {
+        "partition": partition,
+        "success": result.success,
+        "checks": check_results(result),
+        "budget_reason": budget[0].value if budget and budget[0] is not None else None,
+        "failures": failures,
+        "noisy_users": sizes,
+        "started": started,
+        "finished": time.time(),
+    }
+    Path(out).write_text(json.dumps(summary))
+
+
+def hold_file(path: str, seconds: float, out: str) -> None:
+    """Child body: hold `path` open read-write (DuckDB's process lock) for `seconds`."""
+    import duckdb
+
+    con = duckdb.connect(path)
+    start = time.time()
+    time.sleep(seconds)
+    con.close()
+    Path(out).write_text(json.dumps({"started": start, "finished": time.time()}))
+
+
+def start(target, *args) -> multiprocessing.Process:
+    proc = CONTEXT.Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def read_output(out: Path) -> tuple[dict | None, str]:
+    """The child's summary (None if it died first) and everything it printed."""
+    log = Path(str(out) + ".log")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return (json.loads(out.read_text()) if out.exists() else None), text

@@ -1,0 +1,129 @@
+"""Many releases at once, in separate OS processes, on one data folder.
+
+Three dates and the same date twice (a schedule tick and a manual click) race against a
+budget that admits exactly two releases, while another process holds the warehouse file.
+Exactly the admissible releases spend, the rest are blocked by `budget_within_limit` with a
+reason, the ledger never exceeds its cap, twins release one draw, and no DuckDB lock error
+reaches the user.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import duckdb
+import pytest
+
+from cohort_pipeline.policy import load_policy
+from cohort_pipeline.privacy.accounting import Spend, compose, worst_window_spend
+from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.privacy.release import planned_measurements
+from cohort_pipeline_tests import release_procs
+from cohort_pipeline_tests.conftest import END, make_data_dir, write_policy
+
+HOLD_S = 4.0
+RELEASE_TABLES = (
+    "cohort_sizes",
+    "cohort_metrics",
+    "cohort_category_affinity",
+    "cohort_recommendations",
+)
+
+
+def cap_for_releases(policy, n: int) -> float:
+    """The composed epsilon of exactly n releases of `policy` (a cap admitting n)."""
+    spends = [m.spend for m in planned_measurements(policy)] * n
+    return compose(spends, policy.composition, policy.delta)[0] * (1 + 1e-9)
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    data = make_data_dir(
+        tmp_path_factory.mktemp("race") / "data", users=2_000, **{"cohorts.min_size": 50}
+    )
+    cap = cap_for_releases(load_policy(data / "policy.yaml"), 2)
+    write_policy(data, **{"cohorts.min_size": 50, "budget.epsilon_cap": cap})
+    dates = [(END - timedelta(days=n)).isoformat() for n in (2, 1, 0, 0)]
+    outs = [data.parent / f"run{i}.json" for i in range(len(dates))]
+    hold_out = data.parent / "hold.json"
+    procs = [
+        release_procs.start(
+            release_procs.hold_file, str(data / "warehouse.duckdb"), HOLD_S, str(hold_out)
+        )
+    ]
+    procs += [
+        release_procs.start(release_procs.run_release, str(data), d, str(o))
+        for d, o in zip(dates, outs, strict=True)
+    ]
+    for proc in procs:
+        proc.join(240)
+        assert proc.exitcode == 0
+    runs = [release_procs.read_output(o) for o in outs]
+    return data, dates, runs, release_procs.read_output(hold_out)[0]
+
+
+def test_exactly_the_admissible_releases_spend(race):
+    data, dates, runs, _ = race
+    policy = load_policy(data / "policy.yaml")
+    ledger = Ledger(data / "ledger.duckdb")
+    rows = ledger.rows()
+    assert ledger.verify() == []
+    reserved = {d.isoformat() for d in rows["release_date"].dt.date}
+    assert len(reserved) == 2  # the cap admits two of the three dates, whichever came first
+    per_release = len(planned_measurements(policy))
+    assert len(rows) == 2 * per_release  # the twin of an admitted date reused, never re-spent
+    spends = [(d.date(), m) for d, m in zip(rows["release_date"], _spends(rows), strict=True)]
+    for day, _ in spends:
+        worst = worst_window_spend(
+            spends, policy.window_days, policy.composition, policy.delta, day
+        )[0]
+        assert worst <= policy.epsilon_cap
+
+    for summary, _ in runs:
+        admitted = summary["partition"] in reserved
+        assert summary["checks"]["budget_within_limit"] is admitted
+        assert summary["success"] is admitted
+        if not admitted:
+            assert "> cap" in summary["budget_reason"]
+            assert "Nothing was recorded" in summary["budget_reason"]
+
+
+def test_blocked_dates_release_nothing_and_admitted_ones_are_charged(race):
+    data, dates, runs, _ = race
+    ledger_seqs = set(Ledger(data / "ledger.duckdb").rows()["seq"])
+    admitted = {s["partition"] for s, _ in runs if s["checks"]["budget_within_limit"]}
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    try:
+        for table in RELEASE_TABLES:
+            stored = con.execute(
+                f"SELECT DISTINCT CAST(release_date AS VARCHAR), ledger_seq FROM release.{table}"
+            ).fetchall()
+            assert {d for d, _ in stored} == admitted
+            assert {seq for _, seq in stored} <= ledger_seqs
+            assert len(stored) == len(admitted)  # one reservation per date, even for the twin
+    finally:
+        con.close()
+
+
+def test_the_twins_release_one_draw(race):
+    _, dates, runs, _ = race
+    twins = [s for s, _ in runs if s["partition"] == dates[-1]]
+    assert len(twins) == 2
+    assert twins[0]["checks"] == twins[1]["checks"]
+    if twins[0]["checks"]["budget_within_limit"]:
+        assert twins[0]["noisy_users"] and twins[0]["noisy_users"] == twins[1]["noisy_users"]
+
+
+def test_no_lock_error_reaches_the_user_while_another_process_holds_the_warehouse(race):
+    _, _, runs, hold = race
+    assert hold["finished"] - hold["started"] >= HOLD_S
+    # the holder really overlapped the releases (else this test proves nothing)
+    assert any(s["started"] < hold["finished"] for s, _ in runs)
+    for summary, log in runs:
+        assert "Could not set lock" not in log and "lock" not in " ".join(summary["failures"])
+        if summary["checks"]["budget_within_limit"]:
+            assert summary["failures"] == []
+
+
+def _spends(rows):
+    return [Spend(e, d, r) for e, d, r in zip(rows.epsilon, rows.delta, rows.rho, strict=True)]

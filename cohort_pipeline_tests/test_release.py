@@ -1,0 +1,135 @@
+"""The daily release graph, run for real: DuckDB files, OpenDP noise, a Dagster instance."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from cohort_pipeline.policy import MEASURED_ASSETS
+from cohort_pipeline.privacy.release import release_cohort_metrics, release_cohort_sizes
+from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
+
+RELEASE_TABLES = ["cohort_sizes", "cohort_metrics", "cohort_category_affinity", "ranking_weights",
+                  "cohort_recommendations"]
+
+
+def read(path, sql):
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute(sql).df()
+    except duckdb.CatalogException:
+        return pd.DataFrame()
+    finally:
+        con.close()
+
+
+def release_rows(data_dir, table, date=RELEASE_DATE):
+    return read(data_dir / "warehouse.duckdb", f"SELECT * FROM release.{table} WHERE release_date = DATE '{date}'")
+
+
+def ledger_rows(data_dir):
+    if not (data_dir / "ledger.duckdb").exists():
+        return pd.DataFrame()
+    return read(data_dir / "ledger.duckdb", "SELECT * FROM privacy_spend ORDER BY seq")
+
+
+def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_dir):
+    first = run_release(sample_dir)
+    assert first.success
+    assert check_results(first) == {"budget_within_limit": True, "min_cohort_size": True,
+                                    "weight_change_within_limit": True, "fairness_floor_met": True}
+    before = {t: release_rows(sample_dir, t) for t in RELEASE_TABLES}
+    assert all(len(rows) for rows in before.values())
+    spent = ledger_rows(sample_dir)
+    assert sorted(spent["asset"]) == sorted(MEASURED_ASSETS)
+    assert (spent["release_date"].astype(str) == RELEASE_DATE).all()
+    assert set(spent["mechanism"]) == {"laplace", "gaussian"}
+
+    again = run_release(sample_dir)
+    assert again.success
+    assert len(ledger_rows(sample_dir)) == len(spent)  # no new spend
+    for table in ("cohort_sizes", "cohort_metrics", "cohort_category_affinity", "cohort_recommendations"):
+        pd.testing.assert_frame_equal(release_rows(sample_dir, table), before[table])
+    assert (sample_dir / "exports" / RELEASE_DATE / "cohort_recommendations.csv").exists()
+
+
+def test_changed_inputs_are_a_new_release_that_spends(sample_dir):
+    assert run_release(sample_dir).success
+    sizes_before = release_rows(sample_dir, "cohort_sizes")
+    (sample_dir / "opt_outs.csv").write_text("user_id\nu000001\nu000002\n")
+    assert run_release(sample_dir).success
+    spent = ledger_rows(sample_dir)
+    assert len(spent) == 2 * len(MEASURED_ASSETS) and spent["data_version"].nunique() == 2
+    assert not np.allclose(release_rows(sample_dir, "cohort_sizes")["noisy_users"], sizes_before["noisy_users"])
+
+
+def test_cap_below_one_release_blocks_everything_and_spends_nothing(small_dir):
+    write_policy(small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5})
+    result = run_release(small_dir)
+    assert not result.success
+    assert check_results(result)["budget_within_limit"] is False
+    assert ledger_rows(small_dir).empty
+    for table in RELEASE_TABLES:
+        assert release_rows(small_dir, table).empty
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert not started & {"cohort_sizes", "cohort_metrics", "cohort_category_affinity", "ranking_weights"}
+
+
+def test_min_size_above_population_blocks_metrics(small_dir):
+    write_policy(small_dir, **{"cohorts.min_size": 1_000_000})
+    result = run_release(small_dir)
+    assert not result.success
+    assert check_results(result)["min_cohort_size"] is False
+    assert release_rows(small_dir, "cohort_sizes").empty
+    assert release_rows(small_dir, "cohort_metrics").empty
+
+
+def test_dp_asset_launched_alone_after_a_blocked_release_refuses(small_dir):
+    instance = DagsterInstance.ephemeral()
+    write_policy(small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5})
+    assert not run_release(small_dir, instance=instance).success
+    alone = run_release(small_dir, instance=instance, selection=[AssetKey("cohort_sizes")])
+    assert not alone.success
+    failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no reservation" in failure.event_specific_data.error.to_string()
+    assert release_rows(small_dir, "cohort_sizes").empty
+
+
+def test_metrics_launched_alone_without_released_sizes_refuse(small_dir):
+    write_policy(small_dir, **{"cohorts.min_size": 1_000_000})
+    assert not run_release(small_dir).success  # reserved, but min_cohort_size failed
+    alone = run_release(small_dir, selection=[AssetKey("cohort_metrics")])
+    assert not alone.success
+    assert release_rows(small_dir, "cohort_metrics").empty
+
+
+def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
+    """Median relative error <= 5% for cohort sizes and conversion rates, and the stated 95%
+    accuracy covers the exact value 90-99% of the time over many draws."""
+    assert run_release(sample_dir).success
+    warehouse = sample_dir / "warehouse.duckdb"
+    profiles = read(warehouse, f"SELECT * FROM private.user_profiles WHERE release_date = DATE '{RELEASE_DATE}'")
+    exact_n = profiles.groupby("cohort_key").size()
+    exact_conv = profiles.groupby("cohort_key")["converted"].mean()
+    from cohort_pipeline.policy import load_policy
+
+    policy = load_policy(sample_dir / "policy.yaml")
+    errors_n, errors_c, cover_n, cover_c = [], [], [], []
+    for _ in range(60):
+        sizes = release_cohort_sizes(profiles[["user_id", "cohort_key"]], policy)
+        metrics = release_cohort_metrics(profiles, sizes, policy).set_index("cohort_key")
+        single = sizes[~sizes["members"].str.contains(";")].set_index("cohort_key")
+        assert len(single) >= 15  # the default policy keeps almost all sample cohorts whole
+        n_true = exact_n.reindex(single.index).to_numpy()
+        c_true = exact_conv.reindex(single.index).to_numpy()
+        n_err = np.abs(single["noisy_users"].to_numpy() - n_true)
+        c_err = np.abs(metrics.loc[single.index, "conversion_rate"].to_numpy() - c_true)
+        errors_n.append(np.median(n_err / n_true))
+        errors_c.append(np.median(c_err / c_true))
+        cover_n.append(np.mean(n_err <= single["accuracy_95"].to_numpy()))
+        cover_c.append(np.mean(c_err <= metrics.loc[single.index, "conversion_rate_accuracy_95"].to_numpy()))
+    assert np.median(errors_n) <= 0.05
+    assert np.median(errors_c) <= 0.05
+    assert 0.90 <= np.mean(cover_n) <= 0.99
+    assert 0.90 <= np.mean(cover_c) <= 0.99

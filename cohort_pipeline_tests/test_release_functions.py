@@ -1,0 +1,108 @@
+"""The DP release functions on their own: public key set, coarsening, denominators."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohort_pipeline.policy import load_policy, parse_policy
+from cohort_pipeline.privacy.release import (
+    coarsen,
+    mechanisms,
+    plan_map,
+    release_cohort_affinity,
+    release_cohort_metrics,
+    release_cohort_sizes,
+)
+from cohort_pipeline_tests.conftest import POLICY
+
+
+@pytest.fixture
+def policy():
+    return load_policy(POLICY)
+
+
+def with_k(policy, k):
+    raw = {**policy.raw, "cohorts": {**policy.raw["cohorts"], "min_size": k}}
+    return parse_policy(raw)
+
+
+def test_mechanisms_spend_exactly_the_release_budget(policy):
+    from cohort_pipeline.privacy.accounting import compose
+
+    spends = [m.spend for m in mechanisms(policy).values()]
+    assert compose(spends, "zcdp", policy.delta)[0] == pytest.approx(policy.epsilon_per_release)
+
+
+def test_coarsen_keeps_big_cohorts_and_merges_small_ones_into_parents(policy):
+    keys = policy.cohort_keys()
+    noisy = pd.Series(1000.0, index=keys)
+    noisy["low|recent|mobile"] = 50.0
+    noisy["low|recent|desktop"] = 60.0
+    released = coarsen(noisy, policy)  # k = 200; device is dropped first
+    merged = [c for c in released if len(c[1]) > 1]
+    # The pool (110) is still below k, so it climbs to `low|*|*` and absorbs the smallest
+    # released cohort under that parent (all are 1000; ties break by key).
+    assert merged == [("low|*|*", ["low|lapsed|desktop", "low|recent|desktop", "low|recent|mobile"], 1110.0)]
+    assert all(n >= 200 for _, _, n in released)
+    covered = sorted(m for _, members, _ in released for m in members)
+    assert covered == sorted(keys)  # every full key lands in exactly one released cohort
+
+
+def test_a_small_pool_absorbs_its_smallest_sibling(policy):
+    noisy = pd.Series(1000.0, index=policy.cohort_keys())
+    noisy["low|recent|mobile"] = 50.0  # its only sibling on device is low|recent|desktop
+    noisy["low|recent|desktop"] = 400.0
+    released = {key: (members, n) for key, members, n in coarsen(noisy, policy)}
+    assert released["low|recent|*"] == (["low|recent|desktop", "low|recent|mobile"], 450.0)
+
+
+def test_population_below_k_is_left_below_k_for_the_check(policy):
+    tiny = with_k(policy, 100_000)
+    released = coarsen(pd.Series(10.0, index=tiny.cohort_keys()), tiny)
+    assert len(released) == 1
+    key, members, n = released[0]
+    assert key == "*|*|*" and len(members) == 18 and n == pytest.approx(180.0)
+
+
+def test_release_cohort_sizes_covers_the_public_key_set_including_empty_cohorts(policy):
+    assignments = pd.DataFrame({"user_id": [f"u{i}" for i in range(3000)],
+                                "cohort_key": ["mid|none|mobile"] * 3000})
+    sizes = release_cohort_sizes(assignments, policy)
+    assert sorted(plan_map(sizes)) == sorted(policy.cohort_keys())
+    # All other cohorts are empty, so they are merged; the populated one may be absorbed.
+    home = sizes.set_index("cohort_key").loc[plan_map(sizes)["mid|none|mobile"]]
+    assert abs(home["noisy_users"] - 3000) < 300
+    assert (sizes["noisy_users"] >= policy.min_size).all()
+    assert sizes["noise_scale"].iloc[0] == pytest.approx(mechanisms(policy)["cohort_sizes"].scale)
+
+
+def test_release_cohort_sizes_rejects_keys_outside_the_policy(policy):
+    with pytest.raises(ValueError, match="outside the policy's key set"):
+        release_cohort_sizes(pd.DataFrame({"user_id": ["a"], "cohort_key": ["vip|x|y"]}), policy)
+
+
+def _plan(policy, n=1000.0):
+    keys = policy.cohort_keys()
+    return pd.DataFrame({"cohort_key": keys, "members": keys, "noisy_users": n})
+
+
+def test_metrics_are_clamped_to_their_bounds_even_for_empty_cohorts(policy):
+    plan = _plan(policy)
+    profiles = pd.DataFrame({"user_id": ["a"], "cohort_key": [plan.cohort_key[0]], "sessions": [3],
+                             "mean_duration_s": [100.0], "converted": [1]})
+    out = release_cohort_metrics(profiles, plan, policy)
+    assert len(out) == len(plan)
+    assert out["conversion_rate"].between(0, 1).all()
+    assert out["mean_session_duration_s"].between(*policy.session_duration_s).all()
+    assert out["sessions_per_user"].between(0, policy.max_sessions).all()
+    assert np.isfinite(out.filter(like="accuracy_95")).all().all()
+
+
+def test_affinity_gives_every_cohort_and_category_a_value(policy):
+    plan = _plan(policy)
+    users = pd.DataFrame({"user_id": ["a", "a"], "category": ["books", "toys"], "value": [0.6, 0.8]})
+    assignments = pd.DataFrame({"user_id": ["a"], "cohort_key": [plan.cohort_key[0]]})
+    out = release_cohort_affinity(users, assignments, plan, ["books", "garden", "toys"], policy)
+    assert len(out) == len(plan) * 3
+    assert (out["share"] >= 0).all()
+    assert out.groupby("cohort_key")["share"].sum().to_numpy() == pytest.approx(np.ones(len(plan)))

@@ -1,0 +1,261 @@
+"""Every claimed sensitivity, checked by removing one user.
+
+Hypothesis generates small event sets (heavy users above `bounds.max_sessions`, empty cohorts,
+durations at and beyond the clamp bounds, items outside the catalog); the real DuckDB bounding
+SQL (privacy/bounding.py) turns them into per-user rows, and the real release functions
+aggregate them. A recording mechanism stands in for the noise, so we see exactly the vector
+each OpenDP measurement would receive, for D and for D minus each user in turn. The distance,
+in the mechanism's norm, must stay within the sensitivity it is calibrated with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cohort_pipeline.experiments import METRICS, release_readouts
+from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
+from cohort_pipeline.privacy import release_cohort_metrics, release_cohort_sizes
+from cohort_pipeline.privacy.bounding import (
+    user_categories_sql,
+    user_items_sql,
+    user_profiles_sql,
+    window,
+)
+from cohort_pipeline.privacy.mechanisms import Mechanism
+from cohort_pipeline.privacy.release import (
+    mechanisms,
+    release_cohort_affinity,
+    release_item_popularity,
+)
+from cohort_pipeline_tests.conftest import END, POLICY
+
+CATALOG = pd.DataFrame(
+    {
+        "item_id": [f"i{n}" for n in range(6)],
+        "category": ["books", "toys", "toys", "games", "pets", "pets"],
+    }
+)
+CATEGORIES = sorted(CATALOG["category"].unique())
+ITEMS = [*CATALOG["item_id"], "i-unknown"]  # an item outside the catalog joins no category
+MAX_SESSIONS = 5  # low, so heavy users are cheap to generate
+
+
+def small_policy() -> Policy:
+    raw = yaml.safe_load(POLICY.read_text())
+    raw["bounds"]["max_sessions"] = MAX_SESSIONS
+    raw["cohorts"]["min_size"] = 10
+    return parse_policy(raw)
+
+
+POL = small_policy()
+HI = POL.session_duration_s[1]
+MECHANISMS = mechanisms(POL)
+SQL_BOUNDED = (
+    "cohort_sizes",
+    "cohort_metrics",
+    "cohort_category_affinity",
+    "cohort_recommendations",
+)
+
+
+class Recorder:
+    """Stands in for a mechanism: no noise, returns its input and keeps a copy of it."""
+
+    def __init__(self, real: Mechanism):
+        self.name, self.sensitivity = real.name, real.sensitivity
+        self.scale, self.std, self.accuracy95 = real.scale, real.std, real.accuracy95
+        self.inputs: list[np.ndarray] = []
+
+    def __call__(self, values) -> np.ndarray:
+        exact = np.asarray(values, dtype=float).copy()
+        self.inputs.append(exact)
+        return exact
+
+    def norm(self, diff: np.ndarray) -> float:
+        return float(np.abs(diff).sum() if self.name == "laplace" else math.sqrt((diff**2).sum()))
+
+
+durations = st.one_of(
+    st.none(), st.sampled_from([0.0, HI, HI + 1.0, 4 * 3600.0]), st.floats(0.0, 2 * HI)
+)
+session = st.tuples(
+    st.integers(0, POL.lookback_days - 1),  # day in the window
+    st.sampled_from(DEVICE_TYPES),
+    durations,
+    st.lists(
+        st.tuples(st.sampled_from(EVENT_TYPES), st.sampled_from(ITEMS)), min_size=1, max_size=4
+    ),
+)
+user = st.one_of(
+    st.lists(session, min_size=1, max_size=3),
+    st.lists(session, min_size=MAX_SESSIONS + 1, max_size=MAX_SESSIONS + 4),  # heavy
+)
+datasets = st.lists(user, min_size=1, max_size=5)
+
+
+def events_frame(users: list) -> pd.DataFrame:
+    first, _, _ = window(POL, END)
+    rows = []
+    for u, sessions in enumerate(users):
+        for s, (day, device, duration, events) in enumerate(sessions):
+            start = datetime.combine(first + timedelta(days=day), datetime.min.time(), UTC)
+            for e, (event_type, item) in enumerate(events):
+                rows.append(
+                    {
+                        "user_id": f"u{u}",
+                        "event_time": start + timedelta(minutes=s * 10 + e),
+                        "session_id": f"u{u}-{s}",
+                        "event_type": event_type,
+                        "item_id": item,
+                        "device_type": device,
+                        "session_duration_s": duration,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+class Warehouse:
+    """The real bounding SQL over generated events, in an in-memory DuckDB."""
+
+    def __init__(self, events: pd.DataFrame):
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.register("events_df", events)
+        self.con.execute(
+            "CREATE TABLE all_events AS SELECT * REPLACE (CAST(event_time AS TIMESTAMPTZ)"
+            " AS event_time, CAST(session_duration_s AS DOUBLE) AS session_duration_s)"
+            " FROM events_df"
+        )
+        self.con.register("catalog", CATALOG)
+
+    def bounded(self, without: str | None = None) -> dict[str, pd.DataFrame]:
+        """Per-user bounded tables of D, or of D minus user `without`."""
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE events AS SELECT * FROM all_events"
+            " WHERE user_id IS DISTINCT FROM ?",
+            [without],
+        )
+        return {
+            "profiles": self.con.execute(user_profiles_sql(POL, END, "events").replace(f"least(p.n_sessions, {MAX_SESSIONS})", "p.n_sessions")).df(),
+            "categories": self.con.execute(user_categories_sql(POL, "events", "catalog")).df(),
+            "items": self.con.execute(user_items_sql(POL, "events")).df(),
+        }
+
+
+def pre_noise_vectors(tables: dict[str, pd.DataFrame], plan: pd.DataFrame) -> dict[str, Recorder]:
+    """Run every SQL-bounded release function with recorders; each keeps the exact vector
+    its mechanism would have noised."""
+    rec = {asset: Recorder(MECHANISMS[asset]) for asset in SQL_BOUNDED}
+    profiles = tables["profiles"]
+    assignments = profiles[["user_id", "cohort_key"]]
+    release_cohort_sizes(assignments, POL, mechanism=rec["cohort_sizes"])
+    release_cohort_metrics(profiles, plan, POL, mechanism=rec["cohort_metrics"])
+    release_cohort_affinity(
+        tables["categories"], assignments, plan, CATEGORIES, POL,
+        mechanism=rec["cohort_category_affinity"],
+    )  # fmt: skip
+    release_item_popularity(tables["items"], CATALOG, POL, mechanism=rec["cohort_recommendations"])
+    return rec
+
+
+def plan_for(tables: dict[str, pd.DataFrame], min_size: int) -> pd.DataFrame:
+    """A coarsening plan (public, fixed for D and its neighbours): from exact counts here,
+    with k chosen by hypothesis so that some cohorts are merged and some are not."""
+    sizes_only = Recorder(MECHANISMS["cohort_sizes"])
+    return release_cohort_sizes(
+        tables["profiles"][["user_id", "cohort_key"]], replace(POL, min_size=min_size), sizes_only
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(users=datasets, k=st.integers(0, 4))
+def test_removing_any_user_moves_every_pre_noise_vector_within_its_sensitivity(users, k):
+    events = events_frame(users)
+    warehouse = Warehouse(events)
+    full = warehouse.bounded()
+    plan = plan_for(full, k)
+    before = pre_noise_vectors(full, plan)
+    for u in events["user_id"].unique():
+        after = pre_noise_vectors(warehouse.bounded(without=u), plan)
+        for asset, rec in before.items():
+            (x,), (y,) = rec.inputs, after[asset].inputs
+            assert x.shape == y.shape, f"{asset}: the released key set depends on the data"
+            distance = rec.norm(x - y)
+            assert distance <= rec.sensitivity * (1 + 1e-9), (
+                f"{asset}: removing {u} moved the {rec.name} input by {distance} "
+                f"> sensitivity {rec.sensitivity}"
+            )
+
+
+def test_a_maximal_user_reaches_the_sensitivity():
+    """The bound is tight (so the tests above would see an off-by-2x): a heavy user with
+    long sessions who converts, with one category and one item, moves every vector by exactly
+    the sensitivity."""
+    day_in_outcome = POL.lookback_days - 1
+    heavy = [
+        (day_in_outcome, "desktop", 2 * HI, [("purchase", "i0")]) for _ in range(MAX_SESSIONS + 2)
+    ]
+    light = [[(0, "mobile", 10.0, [("view", "i3")])] for _ in range(3)]
+    warehouse = Warehouse(events_frame([*light, heavy]))
+    full = warehouse.bounded()
+    plan = plan_for(full, 0)
+    before = pre_noise_vectors(full, plan)
+    after = pre_noise_vectors(warehouse.bounded(without="u3"), plan)
+    for asset, rec in before.items():
+        distance = rec.norm(rec.inputs[0] - after[asset].inputs[0])
+        assert math.isclose(distance, rec.sensitivity, rel_tol=1e-9), (asset, distance)
+
+
+def test_the_recorder_sees_what_the_mechanism_would_noise():
+    """Guard for the method: the recorded vector has one entry per public key (sizes) and per
+    released cohort x metric, so a mechanism never sees a data-dependent shape."""
+    tables = Warehouse(events_frame([[(0, "tablet", 30.0, [("click", "i1")])]])).bounded()
+    plan = plan_for(tables, 0)
+    rec = pre_noise_vectors(tables, plan)
+    assert rec["cohort_sizes"].inputs[0].shape == (len(POL.cohort_keys()),)
+    assert rec["cohort_sizes"].inputs[0].sum() == 1.0
+    assert rec["cohort_metrics"].inputs[0].shape == (len(plan) * 3,)
+    assert rec["cohort_category_affinity"].inputs[0].shape == (len(plan) * len(CATEGORIES),)
+    assert rec["cohort_recommendations"].inputs[0].shape == (len(CATALOG),)
+
+
+unit = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
+readout_user = st.tuples(st.integers(0, 2), *(unit for _ in range(2 * len(METRICS))))
+
+
+@settings(max_examples=40, deadline=None)
+@given(users=st.lists(readout_user, min_size=1, max_size=6))
+def test_removing_any_user_moves_the_experiment_readouts_within_their_sensitivity(users):
+    """experiment_report: per-user metrics in [0, 1] (extremes included) summed by the real
+    release_readouts; its input is pandas, not SQL (the metrics come from public lists)."""
+    keys = ["low|*|*", "mid|*|*", "high|*|*"]
+    per_user = pd.DataFrame(
+        [
+            {
+                "user_id": f"u{i}",
+                "cohort_key": keys[cohort],
+                **{f"cohort_{m}": v for m, v in zip(METRICS, values[:3], strict=True)},
+                **{f"popularity_{m}": v for m, v in zip(METRICS, values[3:], strict=True)},
+            }
+            for i, (cohort, *values) in enumerate(users)
+        ]
+    )
+
+    def readout_input(frame: pd.DataFrame) -> tuple[np.ndarray, Recorder]:
+        rec = Recorder(MECHANISMS["experiment_report"])
+        release_readouts(frame, keys, rec)
+        return rec.inputs[0], rec
+
+    full, rec = readout_input(per_user)
+    for u in per_user["user_id"]:
+        reduced, _ = readout_input(per_user[per_user["user_id"] != u])
+        assert rec.norm(full - reduced) <= rec.sensitivity * (1 + 1e-9)
