@@ -110,8 +110,9 @@ def child_release(data: Path) -> dict:
                          instance=instance, raise_on_error=False)  # fmt: skip
     wall = time.perf_counter() - t0
     steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)}
-    return {"success": result.success, "graph_s": wall, "steps": steps,
-            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"success": result.success, "graph_s": wall, "steps": steps, "ru_maxrss_kib": usage.ru_maxrss,
+            "cpu_s": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def child_plain(data: Path) -> dict:
@@ -174,6 +175,7 @@ def measure(size: str, env: dict) -> dict:
     data = data_dir_for(size)
     facts = ensure_data(size)
     fresh_release_state(data)
+    load_before = os.getloadavg()[0]
     release, process_s, peak = run_child(["child-release", str(data)], env)
     if not release["success"]:
         raise SystemExit(f"{size}: the release graph failed; see the child's log above")
@@ -185,6 +187,9 @@ def measure(size: str, env: dict) -> dict:
         "users": facts["users"],
         "generate_s": facts["generate_s"],
         "graph_s": release["graph_s"],
+        "cpu_s": release["cpu_s"],
+        # Other work on the machine stretches wall times: record how busy it was.
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
         "process_s": process_s,
         "peak_rss_gib": peak / 2**30,
         "events_per_s": facts["events"] / release["graph_s"],
@@ -201,15 +206,16 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
         "",
-        "| events | users | whole graph (s) | process (s) | peak RSS, tree (GiB) | events/s "
-        "| DP release step (s) | plain DuckDB (s) | DP / plain |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| events | users | whole graph (s) | CPU (s) | process (s) | peak RSS, tree (GiB) | events/s "
+        "| DP release step (s) | plain DuckDB (s) | DP / plain | load avg before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['events']:,} | {r['users']:,} | {r['graph_s']:.1f} | {r['process_s']:.1f} | "
-            f"{r['peak_rss_gib']:.2f} | {r['events_per_s']:,.0f} | {r['dp_step_s']:.1f} | "
-            f"{r['plain_s']:.1f} | {r['dp_over_plain']:.2f} |"
+            f"| {r['events']:,} | {r['users']:,} | {r['graph_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['process_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['events_per_s']:,.0f} | "
+            f"{r['dp_step_s']:.1f} | {r['plain_s']:.1f} | {r['dp_over_plain']:.2f} | "
+            f"{r['load_avg_1min'][0]:.1f} / {r['load_avg_1min'][1]:.1f} |"
         )
     if len(rows) > 1:
         lines.append("")

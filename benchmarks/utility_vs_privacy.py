@@ -121,7 +121,6 @@ def main(argv=None) -> None:
     uplift = bootstrap_ci(dp, "cohort", "popularity")
     kept = bootstrap_ci(dp, "cohort", REFERENCE_ARM)
     criteria = {
-        "evaluated_users_exact_synthetic": len(users),
         "ndcg_cohort": bootstrap_ci(dp, "cohort"),
         "ndcg_popularity": bootstrap_ci(dp, "popularity"),
         "ndcg_cohort_no_noise": bootstrap_ci(dp, REFERENCE_ARM),

@@ -293,5 +293,5 @@ def send_alerts(
         try:
             post_webhook(webhook, {**asdict(alert), "key": alert.key, "source": "cohort_pipeline"})
         except Exception as exc:  # noqa: BLE001 - any delivery failure is reported, not raised
-            errors.append(f"webhook {webhook} refused alert {alert.key}: {exc}")
+            errors.append(f"webhook {webhook} failed for alert {alert.key}: {exc}")
     return new, errors

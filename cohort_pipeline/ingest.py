@@ -15,6 +15,7 @@ read as UTC (the canonical schema's zone).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -236,12 +237,15 @@ def load_window(
     first: date,
     last: date,
     now: pd.Timestamp | None = None,
+    secret: bytes = b"",
 ) -> IngestResult:
     """Create temp tables `window_events` (accepted rows in [first, last]) and
     `window_rejected` (quarantined rows, as read, with a reason) from every file in
     `events_dir`. Raises InputError, naming the file, for a file that cannot be used.
 
-    `catalog` and `opt_outs` name relations with item_id and user_id columns.
+    `catalog` and `opt_outs` name relations with item_id and user_id columns. The data
+    version is keyed with the warehouse's private `secret`: it is published (ledger, release
+    tables), and an unkeyed hash of the data would let anyone test guesses about it.
     """
     now = now or pd.Timestamp.now(tz="UTC")
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, whoever opened `con`
@@ -277,5 +281,6 @@ def load_window(
                (SELECT coalesce(sum(hash({cols})::HUGEINT), 0) FROM window_events),
                (SELECT coalesce(sum(hash(item_id, category)::HUGEINT), 0) FROM {catalog})
     """).fetchall()[0]
-    version = hashlib.sha256(":".join(map(str, digest)).encode()).hexdigest()[:16]
+    message = ":".join(map(str, digest)).encode()
+    version = hmac.new(secret, message, hashlib.sha256).hexdigest()[:16]
     return IngestResult(data_version=version, report=report)

@@ -7,6 +7,7 @@ swap of the resources dict in definitions.py, not an edit of every asset.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +97,15 @@ class WarehouseResource(ConfigurableResource):
             yield con
         finally:
             con.close()
+
+    def secret(self, name: str) -> bytes:
+        """A random key kept in the private schema, created on first use (e.g. to key the
+        published data version so it cannot be used to test guesses about the data)."""
+        with self.connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS private.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)")
+            con.execute("INSERT INTO private.secrets VALUES (?, ?) ON CONFLICT DO NOTHING",
+                        [name, secrets.token_hex(32)])
+            return bytes.fromhex(con.execute("SELECT value FROM private.secrets WHERE name = ?", [name]).fetchall()[0][0])
 
     def read(self, sql: str, params=None) -> pd.DataFrame:
         with self.connect() as con:

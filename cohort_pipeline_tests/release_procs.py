@@ -16,23 +16,27 @@ import sys
 import time
 from pathlib import Path
 
+# The release itself; governance, experiments and reports downstream are not under test here.
+CORE = ("ingest", "cohorts", "privacy", "metrics", "ranking")
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["cohort_pipeline.definitions", "dagster", "duckdb"])
 
 
 class _Points:
-    """Counts instrumented points; kills this process at point `kill_at` (1-based)."""
+    """Calls each instrumented point; SIGKILLs this process at the `occurrence`-th point
+    whose label contains `kill_at`, and optionally logs every label."""
 
-    def __init__(self, kill_at: int | None, log: Path | None):
-        self.kill_at, self.log, self.seen = kill_at, log, 0
+    def __init__(self, kill_at: str | None, occurrence: int, log: Path | None):
+        self.kill_at, self.left, self.log = kill_at, occurrence, log
 
     def __call__(self, label: str) -> None:
-        self.seen += 1
         if self.log:
             with self.log.open("a") as f:
-                f.write(f"{self.seen}\t{label}\n")
-        if self.seen == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+                f.write(label + "\n")
+        if self.kill_at is not None and self.kill_at in label:
+            self.left -= 1
+            if self.left == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Connection:
@@ -83,26 +87,28 @@ def run_release(
     data_dir: str,
     partition: str,
     out: str,
-    kill_at: int | None = None,
+    kill_at: str | None = None,
+    occurrence: int = 1,
     points_log: str | None = None,
-    selection: str | None = None,
 ) -> None:
-    """Child body: materialize the release for `partition`; write a JSON summary to `out`.
-
-    stdout/stderr (Dagster's log lines: what a user sees) go to `out` + '.log'."""
+    """Child body: materialize the core release graph for `partition` (ingest through
+    ranking); write a JSON summary to `out`. stdout/stderr (Dagster's log lines: what a user
+    sees) go to `out` + '.log'."""
     log = os.open(out + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     if kill_at is not None or points_log:
-        _instrument(_Points(kill_at, Path(points_log) if points_log else None))
+        _instrument(_Points(kill_at, occurrence, Path(points_log) if points_log else None))
+
+    from dagster import AssetSelection
 
     from cohort_pipeline_tests.conftest import check_results
     from cohort_pipeline_tests.conftest import run_release as materialize_release
 
     started = time.time()
-    result = materialize_release(Path(data_dir), partition, selection=selection)
+    result = materialize_release(Path(data_dir), partition, selection=AssetSelection.groups(*CORE))
     budget = [
         e.metadata.get("reason")
         for e in result.get_asset_check_evaluations()

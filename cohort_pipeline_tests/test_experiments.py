@@ -28,8 +28,8 @@ from cohort_pipeline.experiments import (
     ranking_date,
     readout_layout,
     readouts_from_sums,
-    relevant_items,
     release_readouts,
+    relevant_items,
     replay_ranking,
     user_readouts,
 )
@@ -65,10 +65,14 @@ def test_metrics_follow_their_definitions():
 def test_temporal_split_uses_only_events_after_the_ranking_release():
     ranked = ranking_date(END)
     assert ranked == END - timedelta(days=EVAL_DAYS)
-    times = {"on_ranking_day": f"{ranked} 23:59:59", "next_day": f"{ranked + timedelta(1)} 00:00:00",
-             "release_day": f"{END} 12:00:00", "after": f"{END + timedelta(1)} 00:00:01"}  # fmt: skip
-    events = pd.DataFrame({"user_id": "u", "item_id": list(times),
-                           "event_time": pd.to_datetime(list(times.values()), utc=True)})  # fmt: skip
+    times = {
+        "on_ranking_day": f"{ranked} 23:59:59",
+        "next_day": f"{ranked + timedelta(1)} 00:00:00",
+        "release_day": f"{END} 12:00:00",
+        "after": f"{END + timedelta(1)} 00:00:01",
+    }
+    stamps = pd.to_datetime(list(times.values()), utc=True)
+    events = pd.DataFrame({"user_id": "u", "item_id": list(times), "event_time": stamps})
     assert sorted(relevant_items(events, ranked, END)["item_id"]) == ["next_day", "release_day"]
 
 
@@ -90,7 +94,7 @@ def per_user_frame(values: np.ndarray, cohorts: list[int]) -> pd.DataFrame:
 unit = st.floats(0.0, 1.0, allow_nan=False)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.lists(unit, min_size=6, max_size=6), st.integers(0, 2)), min_size=1,
                 max_size=30), st.data())  # fmt: skip
 def test_removing_one_user_moves_the_readout_sums_by_at_most_the_sensitivity(users, data):
@@ -174,8 +178,8 @@ def test_no_noise_reference_is_exact_and_dp_replays_are_noisy():
         items.merge(catalog).groupby(["user_id", "category"]).size().rename("value").reset_index()
     )
     cats["value"] /= np.sqrt(cats.groupby("user_id")["value"].transform(lambda v: (v**2).sum()))
-    inputs = RankingInputs(pd.DataFrame({"user_id": users, "cohort_key": [keys[i % 4] for i in range(n)]}),
-                           cats, items, catalog)  # fmt: skip
+    assignments = pd.DataFrame({"user_id": users, "cohort_key": [keys[i % 4] for i in range(n)]})
+    inputs = RankingInputs(assignments, cats, items, catalog)
     exact = replay_ranking(inputs, policy, noise=False)
     assert exact.recommendations.equals(replay_ranking(inputs, policy, noise=False).recommendations)
     counts = inputs.assignments["cohort_key"].value_counts()
@@ -219,7 +223,8 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
 
     ranked = (date.fromisoformat(RELEASE_DATE) - timedelta(days=EVAL_DAYS)).isoformat()
     assert run_release(small_dir, ranked, instance=instance).success
-    later = run_release(small_dir, instance=instance)
+    report = [AssetKey("experiment_report")]  # this date's reservation exists already
+    later = run_release(small_dir, instance=instance, selection=report)
     assert later.success
     rows = results_rows(small_dir)
     assert set(rows["arm"]) == {"cohort", "popularity", UPLIFT_ARM}  # no reference arm
@@ -241,7 +246,7 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
         ).fetchall()
     finally:
         ledger.close()
-    again = run_release(small_dir, instance=instance)
+    again = run_release(small_dir, instance=instance, selection=report)
     assert again.success and report_metadata(again)["status"] == "reused the stored release"
     assert results_rows(small_dir)["value"].equals(rows["value"])
     ledger = duckdb.connect(str(small_dir / "ledger.duckdb"), read_only=True)

@@ -37,8 +37,10 @@ def ledger_rows(data_dir):
 def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_dir):
     first = run_release(sample_dir)
     assert first.success
-    assert check_results(first) == {"budget_within_limit": True, "min_cohort_size": True,
-                                    "weight_change_within_limit": True, "fairness_floor_met": True}
+    assert all(check_results(first).values())
+    assert {"budget_within_limit", "min_cohort_size", "weight_change_within_limit", "fairness_floor_met"} <= set(
+        check_results(first)
+    )
     before = {t: release_rows(sample_dir, t) for t in RELEASE_TABLES}
     assert all(len(rows) for rows in before.values())
     spent = ledger_rows(sample_dir)

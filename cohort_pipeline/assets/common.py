@@ -3,6 +3,8 @@ the consistent-release lookup. Nothing here computes a private value."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -112,6 +114,16 @@ def admitted_release(context, asset: str, pipeline: PipelineResource, warehouse:
             "for this date; its check budget_within_limit must pass."
         )
     return Release(policy, release_date, version, asset, int(rows["seq"].iloc[0]))
+
+
+@contextmanager
+def release_lock(warehouse: WarehouseResource) -> Iterator[None]:
+    """Hold the warehouse file while a DP asset looks for its stored release, draws noise and
+    stores it. DuckDB lets one process open the file read-write, so a concurrent run of the
+    same release (a schedule tick and a manual click) waits here and then finds the stored
+    values: one reservation never releases two noise draws."""
+    with warehouse.connect():
+        yield
 
 
 def stored_release(warehouse: WarehouseResource, table: str, release: Release) -> pd.DataFrame | None:

@@ -55,13 +55,15 @@ def raw_events(context: AssetExecutionContext, pipeline: PipelineResource, wareh
     release_date = context.partition_key
     first, _, last = window(policy, date.fromisoformat(release_date))
     catalog = str(pipeline.catalog_path).replace("'", "''")
+    key = warehouse.secret("data_version")
     with warehouse.connect() as con:
         con.execute(f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)")
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current_opt_outs AS "
             f"SELECT user_id FROM private.opt_outs WHERE release_date = DATE '{release_date}'"
         )
-        result = load_window(con, pipeline.events_dir, "catalog", "current_opt_outs", first, last)
+        result = load_window(con, pipeline.events_dir, "catalog", "current_opt_outs", first, last,
+                             secret=key)
         replace_partition(con, "private.raw_events", release_date, "SELECT * FROM window_events",
                           data_version=result.data_version)
         replace_partition(con, "private.rejected_events", release_date, "SELECT * FROM window_rejected",

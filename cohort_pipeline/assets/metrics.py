@@ -14,6 +14,7 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     admitted_release,
+    release_lock,
     released_plan,
     stored_release,
     table_preview,
@@ -38,11 +39,12 @@ DP_ASSET = dict(
 def measured(context, asset_name, table, pipeline, warehouse, ledger, source, compute):
     """Guard, then return the stored release or compute (once) and store it."""
     release = admitted_release(context, asset_name, pipeline, warehouse, ledger, source)
-    stored = stored_release(warehouse, table, release)
-    if stored is not None:
-        return release, stored, True
-    plan = released_plan(warehouse, release)
-    return release, write_release(warehouse, table, release, compute(release, plan)), False
+    with release_lock(warehouse):
+        stored = stored_release(warehouse, table, release)
+        if stored is not None:
+            return release, stored, True
+        plan = released_plan(warehouse, release)
+        return release, write_release(warehouse, table, release, compute(release, plan)), False
 
 
 @asset(

@@ -24,6 +24,7 @@ from cohort_pipeline.assets.common import (
     Owner,
     admitted_release,
     data_version_of,
+    release_lock,
     stored_release,
     table_preview,
 )
@@ -137,19 +138,21 @@ def cohort_sizes(
 ):
     release = admitted_release(context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_assignments")
     policy = release.policy
-    sizes = stored_release(warehouse, "release.cohort_sizes", release)
-    reused = sizes is not None
-    if not reused:
-        assignments = warehouse.read(
-            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", [release.release_date]
-        )
-        sizes = release_cohort_sizes(assignments, policy)
-    smallest = float(sizes["noisy_users"].min())
-    passed = smallest >= policy.min_size
-    if passed and not reused:
-        with warehouse.connect() as con:
-            replace_partition(con, "release.cohort_sizes", release.release_date, release.stamp(sizes))
-    elif not passed:
+    with release_lock(warehouse):
+        sizes = stored_release(warehouse, "release.cohort_sizes", release)
+        reused = sizes is not None
+        if not reused:
+            assignments = warehouse.read(
+                "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?",
+                [release.release_date],
+            )
+            sizes = release_cohort_sizes(assignments, policy)
+        smallest = float(sizes["noisy_users"].min())
+        passed = smallest >= policy.min_size
+        if passed and not reused:
+            with warehouse.connect() as con:
+                replace_partition(con, "release.cohort_sizes", release.release_date, release.stamp(sizes))
+    if not passed:
         context.log.error(f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
                           f"{smallest:.0f} < k = {policy.min_size}; nothing written")
     coarsened = int((sizes["members"].str.count(";") > 0).sum())

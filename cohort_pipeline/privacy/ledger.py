@@ -257,7 +257,8 @@ class Ledger:
         try:
             if not create and not os.path.exists(self.path):
                 return work(None)
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.exists(self.path):
+                self._create()
             attempt = 0
             while True:
                 try:
@@ -282,6 +283,25 @@ class Ledger:
                 con.close()
         finally:
             lock.release()
+
+    def _create(self) -> None:
+        """Create the ledger file atomically. Processes racing to create it with plain
+        duckdb.connect can open each other's half-written file ("not a valid DuckDB database
+        file"), so build it aside and hard-link it into place; link fails if it already exists."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{self.path}.init-{os.getpid()}-{threading.get_ident()}"
+        try:
+            con = duckdb.connect(tmp)
+            try:
+                con.execute(_SCHEMA)
+            finally:
+                con.close()
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path)
+        finally:
+            for leftover in (tmp, f"{tmp}.wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
 
     @staticmethod
     def _read_chain(con) -> tuple[list[tuple], list[tuple]]:

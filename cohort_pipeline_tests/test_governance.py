@@ -1,0 +1,220 @@
+"""Governance on real releases: the audit report, the privacy notice, the scorecard with its
+drift and density checks, the drift sensor's ranking refresh, and the ledger CLI.
+
+One module fixture runs two consecutive releases in one Dagster instance; the second under a
+re-banded policy (engagement edges moved), a real population shift the drift check must call
+a breach.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+
+from cohort_pipeline import reports
+from cohort_pipeline.alerts import PSI_BREACH, read_alerts
+from cohort_pipeline.cli import main
+from cohort_pipeline.definitions import defs
+from cohort_pipeline.policy import load_policy, parse_policy
+from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.privacy.release import budget_cap, exact_cohort_counts, planned_measurements
+from cohort_pipeline.sensors import drift_ranking_refresh
+from cohort_pipeline_tests.conftest import (
+    POLICY,
+    RELEASE_DATE,
+    check_results,
+    make_data_dir,
+    run_release,
+    write_policy,
+)
+
+PREVIOUS_DATE = (dt.date.fromisoformat(RELEASE_DATE) - dt.timedelta(days=1)).isoformat()
+K = 50
+PLOTTED = (
+    "epsilon_remaining",
+    "budget_used",
+    "min_noisy_size_over_k",
+    "cohort_share_psi",
+    "median_conversion_rate_accuracy_95",
+    "affinity_psi",
+)
+REFRESH = [AssetKey("ranking_weights"), AssetKey("cohort_recommendations")]
+
+
+def _scorecard(result) -> dict:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == AssetKey("privacy_scorecard"):
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    raise AssertionError("privacy_scorecard was not materialized")
+
+
+def _sensor_requests(instance) -> list:
+    context = build_sensor_context(instance=instance, definitions=defs)
+    return drift_ranking_refresh.evaluate_tick(context).run_requests
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    data = make_data_dir(tmp_path_factory.mktemp("governance") / "data", **{"cohorts.min_size": K})
+    instance = DagsterInstance.ephemeral()
+    first = run_release(data, PREVIOUS_DATE, instance=instance)
+    requests_after_first = _sensor_requests(instance)
+    # Re-band engagement: most users change cohort, so released cohort shares shift.
+    write_policy(data, **{"cohorts.min_size": K, "cohorts.dimensions.engagement.edges": [2, 6]})
+    second = run_release(data, RELEASE_DATE, instance=instance)
+    return SimpleNamespace(
+        data=data,
+        instance=instance,
+        first=first,
+        second=second,
+        requests_after_first=requests_after_first,
+    )
+
+
+def test_both_releases_pass_their_blocking_and_budget_checks(releases):
+    for result in (releases.first, releases.second):
+        checks = check_results(result)
+        assert result.success, checks
+        for name in ("budget_within_limit", "min_cohort_size"):
+            assert checks[name] is True
+        # One release of epsilon 1 against a cap of 8: far below 80%.
+        assert checks["budget_below_80_percent"] and checks["budget_below_95_percent"]
+
+
+def test_audit_report_holds_policy_measurements_budget_and_provenance(releases):
+    data, day = releases.data, RELEASE_DATE
+    text = (data / "exports" / day / "audit_report.md").read_text()
+    policy = load_policy(data / "policy.yaml")
+    assert policy.hash in text
+    for m in planned_measurements(policy):
+        row = next(line for line in text.splitlines() if f"| {m.asset} " in line)
+        assert (
+            m.mechanism in row and f"{m.noise_scale:.6g}" in row and f"{m.sensitivity:.6g}" in row
+        )
+    ledger_rows = Ledger(data / "ledger.duckdb").rows()
+    release_rows = ledger_rows[ledger_rows["release_date"].astype(str).str[:10] == day]
+    assert set(release_rows["run_id"]) == {releases.second.run_id}
+    assert f"reserved by run `{releases.second.run_id}`" in text
+    # Provenance names the run that produced every upstream asset of this partition.
+    provenance = text.split("## Provenance")[1].split("## Data minimization")[0]
+    for asset in (
+        "raw_events",
+        "cohort_assignments",
+        "privacy_budget_ledger",
+        "cohort_sizes",
+        "cohort_recommendations",
+    ):
+        assert re.search(rf"\| {asset}\s+\| {releases.second.run_id} ", provenance), asset
+    # Remaining budget is the ledger's own figure; the chart is a real PNG beside the report.
+    summary = Ledger(data / "ledger.duckdb").summary(budget_cap(policy), as_of=day)
+    assert summary["releases"] and f"remaining **{summary['epsilon_remaining']:.6g}**" in text
+    png = (data / "exports" / day / "budget_burndown.png").read_bytes()
+    assert (
+        png.startswith(b"\x89PNG\r\n\x1a\n") and "![budget burn-down](budget_burndown.png)" in text
+    )
+    assert "read by no measurement: revenue" in text
+
+
+def test_audit_report_renders_chart_inline_for_the_ui(releases):
+    events = releases.second.get_asset_materialization_events()
+    audit = next(e for e in events if e.asset_key == AssetKey("audit_report"))
+    markdown = audit.materialization.metadata["audit_report"].value
+    assert "![budget burn-down](data:image/png;base64,iVBORw0KGgo" in markdown
+
+
+def test_audit_report_leaks_no_user_id_nor_exact_count(releases):
+    data = releases.data
+    text = (data / "exports" / RELEASE_DATE / "audit_report.md").read_text()
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        assignments = con.execute(
+            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?",
+            [RELEASE_DATE],
+        ).df()
+        rows = con.execute(
+            "SELECT count(*) FROM private.raw_events WHERE release_date = ?", [RELEASE_DATE]
+        ).fetchall()[0][0]
+    assert not any(uid in text for uid in assignments["user_id"].head(500))
+    # Run metadata (storage ids, timestamps) is not data; every other number must not be an
+    # exact cohort count (or an exact sum of merged cohorts) or the private row count.
+    body = text.split("## Provenance")[0] + text.split("## Data minimization")[1]
+    exact = exact_cohort_counts(assignments, load_policy(data / "policy.yaml"))
+    sizes = (
+        duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+        .execute("SELECT members FROM release.cohort_sizes WHERE release_date = ?", [RELEASE_DATE])
+        .fetchall()
+    )
+    private = {int(rows)} | {int(sum(exact[m] for m in ms.split(";"))) for (ms,) in sizes}
+    numbers = {int(n) for n in re.findall(r"(?<![\w.])(\d+)(?![\w.])", body)}
+    assert not (private - set(range(0, 40))) & numbers
+
+
+def test_scorecard_reports_numbers_and_drift_breach(releases):
+    first, second = _scorecard(releases.first), _scorecard(releases.second)
+    assert first["previous_release"] == "none" and first["drift_psi"] == 0.0
+    assert second["previous_release"] == PREVIOUS_DATE
+    for card in (first, second):  # numeric, so the UI plots them across releases
+        for key in PLOTTED:
+            assert isinstance(card[key], float), key
+    assert second["epsilon_remaining"] < first["epsilon_remaining"]
+    assert second["cohort_share_psi"] >= PSI_BREACH and second["drift_level"] == "breach"
+    drift = {e.asset_check_key.name: e for e in releases.second.get_asset_check_evaluations()}
+    assert drift["release_drift"].passed is False
+    assert drift["release_drift"].severity.value == "ERROR"
+    assert any(
+        a["kind"] == "drift" and a["level"] == "critical" for a in read_alerts(releases.data)
+    )
+
+
+def test_drift_breach_requests_a_ranking_refresh_of_that_release(releases):
+    assert releases.requests_after_first == []  # first release: nothing to drift from
+    requests = _sensor_requests(releases.instance)
+    assert len(requests) == 1 and requests[0].partition_key == RELEASE_DATE
+    job = defs.resolve_job_def(drift_ranking_refresh.job_name)
+    assert set(job.asset_layer.executable_asset_keys) == set(REFRESH)
+    # The refresh itself: post-processing plus the stored DP release; nothing is spent.
+    before = len(Ledger(releases.data / "ledger.duckdb").rows())
+    refresh = run_release(releases.data, RELEASE_DATE, releases.instance, selection=REFRESH)
+    assert refresh.success
+    assert len(Ledger(releases.data / "ledger.duckdb").rows()) == before
+
+
+def test_privacy_notice_is_generated_from_the_policy(releases):
+    exports = releases.data / "exports"
+    html = (exports / "privacy_notice.html").read_text()
+    markdown = (exports / "privacy_notice.md").read_text()
+    policy = load_policy(releases.data / "policy.yaml")
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "http" not in html
+    for text in (html, markdown):
+        assert f"at least about {policy.min_size} people" in text
+        assert f"epsilon = {policy.epsilon_per_release:g}" in text
+        assert f"any {policy.window_days} days" in text
+        assert "cohort-pipeline opt-out add" in text
+        for label in (*policy.engagement_labels, *policy.recency_labels, *policy.device_groups):
+            assert label in text
+    # A policy change changes the notice.
+    raw = yaml.safe_load(POLICY.read_text())
+    raw["cohorts"]["min_size"] = 321
+    assert "at least about 321 people" in reports.notice_markdown(parse_policy(raw))
+
+
+def test_ledger_cli_shows_and_verifies_then_catches_tampering(releases, tmp_path, capsys):
+    copy = tmp_path / "data"
+    copy.mkdir()
+    shutil.copy(releases.data / "ledger.duckdb", copy / "ledger.duckdb")
+    shutil.copy(releases.data / "policy.yaml", copy / "policy.yaml")
+    assert main(["--data-dir", str(copy), "ledger", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "cohort_sizes" in shown and RELEASE_DATE in shown and "remaining" in shown
+    assert main(["--data-dir", str(copy), "ledger", "verify"]) == 0
+    with duckdb.connect(str(copy / "ledger.duckdb")) as con:  # an edit that lowers a spend
+        con.execute("UPDATE privacy_spend SET epsilon = epsilon / 2 WHERE seq = 2")
+    capsys.readouterr()
+    assert main(["--data-dir", str(copy), "ledger", "verify"]) == 1
+    assert "seq 2: row_hash does not match" in capsys.readouterr().err

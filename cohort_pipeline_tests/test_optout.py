@@ -1,0 +1,106 @@
+"""Opt-outs: the list's atomic management, the CLI, and exclusion from the next release,
+proven on the exact pre-noise aggregates every measurement is computed from."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import duckdb
+import pandas as pd
+import pytest
+
+from cohort_pipeline import optouts
+from cohort_pipeline.cli import main
+from cohort_pipeline.policy import load_policy
+from cohort_pipeline.privacy.release import exact_cohort_counts
+from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
+
+PRIVATE_STEPS = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+
+
+def test_add_remove_and_read_round_trip(tmp_path):
+    path = tmp_path / "opt_outs.csv"
+    assert optouts.read(path).empty
+    assert optouts.add(path, ["u1", "u2", "u1"]) == ["u1", "u2"]
+    assert optouts.add(path, ["u2", "u3"]) == ["u3"]  # already listed: not added twice
+    assert list(optouts.read(path)["user_id"]) == ["u1", "u2", "u3"]
+    assert optouts.remove(path, ["u2", "nobody"]) == ["u2"]
+    assert list(optouts.read(path)["user_id"]) == ["u1", "u3"]
+    assert optouts.read(path)["opted_out_at"].str.match(r"\d{4}-\d\d-\d\dT").all()
+    with pytest.raises(ValueError):
+        optouts.add(path, ["a,b"])  # would corrupt the CSV
+    path.write_text("user_id\nu9\n\n")  # a hand-written list of ids is accepted
+    assert list(optouts.read(path)["user_id"]) == ["u9"]
+
+
+def test_a_failed_write_leaves_the_old_list_intact(tmp_path, monkeypatch):
+    path = tmp_path / "opt_outs.csv"
+    optouts.add(path, ["u1"])
+    before = path.read_text()
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        optouts.add(path, ["u2"])
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_concurrent_adds_lose_no_one(tmp_path):
+    path = tmp_path / "opt_outs.csv"
+    threads = [
+        threading.Thread(target=optouts.add, args=(path, [f"u{i}-{j}" for j in range(5)]))
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(optouts.read(path)) == 40
+
+
+def _private(data, table: str) -> pd.DataFrame:
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(
+            f"SELECT * FROM private.{table} WHERE release_date = ?", [RELEASE_DATE]
+        ).df()
+
+
+def test_opted_out_user_is_excluded_from_every_exact_aggregate(small_dir, capsys):
+    assert run_release(small_dir, selection=PRIVATE_STEPS).success
+    policy = load_policy(small_dir / "policy.yaml")
+    events = _private(small_dir, "raw_events")
+    # The most active user: the one whose removal changes the most.
+    user = events["user_id"].value_counts().index[0]
+    before = {t: _private(small_dir, t) for t in ("cohort_assignments", "user_categories")}
+    cohort = before["cohort_assignments"].set_index("user_id").loc[user, "cohort_key"]
+
+    assert main(["--data-dir", str(small_dir), "opt-out", "add", user]) == 0
+    assert main(["--data-dir", str(small_dir), "opt-out", "list"]) == 0
+    assert user in capsys.readouterr().out
+    assert run_release(small_dir, selection=PRIVATE_STEPS).success
+
+    after = {t: _private(small_dir, t) for t in ("cohort_assignments", "user_categories")}
+    for table in (
+        "raw_events",
+        "user_profiles",
+        "user_categories",
+        "user_items",
+        "cohort_assignments",
+    ):
+        assert user not in set(_private(small_dir, table)["user_id"]), table
+    assert len(_private(small_dir, "raw_events")) == len(events) - (events["user_id"] == user).sum()
+    # Cohort sizes: exactly one fewer in the user's cohort, every other cohort unchanged.
+    delta = exact_cohort_counts(before["cohort_assignments"], policy) - exact_cohort_counts(
+        after["cohort_assignments"], policy
+    )
+    assert delta[cohort] == 1 and delta.drop(cohort).eq(0).all()
+    # Category sums: exactly the user's own bounded vector removed.
+    own = before["user_categories"][before["user_categories"]["user_id"] == user]
+    sums = [f["user_categories"].groupby("category")["value"].sum() for f in (before, after)]
+    removed = (sums[0] - sums[1].reindex(sums[0].index, fill_value=0.0)).round(9)
+    expected = own.groupby("category")["value"].sum().reindex(removed.index, fill_value=0.0)
+    pd.testing.assert_series_equal(removed, expected.round(9), check_names=False)
