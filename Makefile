@@ -11,7 +11,7 @@ export DAGSTER_HOME := $(abspath $(DATA))/dagster_home
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $@
 
 install: $(BIN)/.installed

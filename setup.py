@@ -19,6 +19,10 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "playwright>=1.50"],
+        # COHORT_PIPELINE_ENGINE=spark (needs Java 17+); sqlglot translates the bounding SQL.
+        "spark": ["pyspark>=4.0,<5", "sqlglot>=30.30,<31"],
+        # benchmarks/ only; the peer DP libraries get their own venvs there (design §5).
+        "benchmarks": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": ["cohort-pipeline=cohort_pipeline.cli:main"]},
 )

@@ -47,13 +47,15 @@ def prepare(size: str, policy, work: Path) -> dict:
     first, _, last = window(policy, dt.date.fromisoformat(RELEASE_DATE))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"""CREATE TEMP TABLE events AS SELECT * FROM read_parquet('{data}/events/*.parquet')
+    con.execute(f"""CREATE TEMP TABLE events AS
+                    SELECT * FROM read_parquet('{data}/events/*.parquet')
                     WHERE event_time >= TIMESTAMPTZ '{first} 00:00:00+00'
                       AND event_time < TIMESTAMPTZ '{last + dt.timedelta(days=1)} 00:00:00+00'""")
     sql = user_profiles_sql(policy, dt.date.fromisoformat(RELEASE_DATE), "events")
     con.execute(f"COPY ({sql}) TO '{work / 'profiles.parquet'}' (FORMAT parquet)")
-    rows = con.execute(f"""SELECT cohort_key, count(*), avg(mean_duration_s), avg(converted), avg(sessions)
-                           FROM read_parquet('{work / 'profiles.parquet'}') GROUP BY ALL""").fetchall()
+    rows = con.execute(f"""
+        SELECT cohort_key, count(*), avg(mean_duration_s), avg(converted), avg(sessions)
+        FROM read_parquet('{work / "profiles.parquet"}') GROUP BY ALL""").fetchall()
     return {key: dict(zip(STATS, values, strict=True)) for key, *values in rows}
 
 
@@ -76,7 +78,11 @@ def score(result: dict, truth: dict) -> dict:
     return {
         "time_s": statistics.median(result["times"]),
         "median_rel_error": statistics.median(everything),
-        **{f"median_rel_error_{stat}": statistics.median(errs) for stat, errs in pooled.items() if errs},
+        **{
+            f"median_rel_error_{stat}": statistics.median(errs)
+            for stat, errs in pooled.items()
+            if errs
+        },
     }
 
 
@@ -85,10 +91,14 @@ def run_system(name: str, python: Path, script: str, spec: dict, work: Path) -> 
         return {"system": name, "error": f"no environment at {python} (see benchmarks/README.md)"}
     task_file = work / f"task-{script}.json"
     task_file.write_text(json.dumps({**spec, "out": str(work / f"out-{script}.json")}))
+    # Run inside `work`: Spark-based peers leave a spark-warehouse/ folder where they start.
     proc = subprocess.run([str(python), str(HERE / "peers" / script), str(task_file)],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, cwd=work)  # fmt: skip
     if proc.returncode != 0:
-        return {"system": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+        return {
+            "system": name,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
+        }
     return json.loads((work / f"out-{script}.json").read_text())
 
 
@@ -109,13 +119,17 @@ def markdown(size: str, users: int, rows: list[dict], repeats: int) -> str:
             continue
         speedup = f"{r['time_s'] / ours['time_s']:.1f}x" if ours else ""
         errs = " | ".join(f"{r.get(f'median_rel_error_{s}', float('nan')):.4f}" for s in STATS)
-        lines.append(f"| {r['system']} | {r['version']} | {r['time_s']:.2f} | {r['setup_s']:.1f} | {speedup} "
-                     f"| {r['median_rel_error']:.4f} | {errs} | {r['notes']} |")
+        lines.append(
+            f"| {r['system']} | {r['version']} | {r['time_s']:.2f} | {r['setup_s']:.1f} "
+            f"| {speedup} | {r['median_rel_error']:.4f} | {errs} | {r['notes']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="10M", choices=list(USERS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--systems", nargs="+", default=[s[0] for s in SYSTEMS])
@@ -129,8 +143,11 @@ def main() -> int:
         "input": str(work / "profiles.parquet"),
         "policy": str(HERE.parent / "data" / "policy.yaml"),
         "keys": policy.cohort_keys(),
-        "bounds": {"mean_duration_s": list(policy.session_duration_s), "converted": [0, 1],
-                   "sessions": [0, policy.max_sessions]},  # fmt: skip
+        "bounds": {
+            "mean_duration_s": list(policy.session_duration_s),
+            "converted": [0, 1],
+            "sessions": [0, policy.max_sessions],
+        },  # fmt: skip
         "epsilon": EPSILON,
         "delta": DELTA,
         "rho": rho_from_epsilon(EPSILON, DELTA),

@@ -61,7 +61,11 @@ def ensure_data(size: str) -> dict:
     t0 = time.perf_counter()
     summary = generate(data, users=USERS[size], days=DAYS, seed=SEED,
                        end_date=dt.date.fromisoformat(RELEASE_DATE))  # fmt: skip
-    facts = {"events": summary.events, "users": summary.users, "generate_s": time.perf_counter() - t0}
+    facts = {
+        "events": summary.events,
+        "users": summary.users,
+        "generate_s": time.perf_counter() - t0,
+    }
     marker.write_text(json.dumps(facts))
     return facts
 
@@ -109,10 +113,17 @@ def child_release(data: Path) -> dict:
     result = materialize(all_assets, partition_key=RELEASE_DATE, resources=resources_for(data),
                          instance=instance, raise_on_error=False)  # fmt: skip
     wall = time.perf_counter() - t0
-    steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)}
+    steps = {
+        s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)
+    }
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"success": result.success, "graph_s": wall, "steps": steps, "ru_maxrss_kib": usage.ru_maxrss,
-            "cpu_s": usage.ru_utime + usage.ru_stime}  # fmt: skip
+    return {
+        "success": result.success,
+        "graph_s": wall,
+        "steps": steps,
+        "ru_maxrss_kib": usage.ru_maxrss,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def child_plain(data: Path) -> dict:
@@ -155,9 +166,10 @@ def plain_queries(policy, outcome_start: dt.date, catalog: Path) -> list[str]:
                      bool_or(event_time >= {start}) AS converted
               FROM {events} WHERE event_type = 'purchase' GROUP BY user_id)
         SELECT u.user_id, u.n, u.d, coalesce(p.converted, false)::INT AS converted,
-               {_band("u.n", policy.engagement_edges, policy.engagement_labels)} || '|' ||
-               CASE WHEN days_since_purchase IS NULL THEN '{policy.recency_labels[-1]}'
-                    ELSE {recency} END || '|' || {_device_group(policy, "u.device_type")} AS cohort_key
+               {_band("u.n", policy.engagement_edges, policy.engagement_labels)} || '|'
+               || CASE WHEN days_since_purchase IS NULL THEN '{policy.recency_labels[-1]}'
+                       ELSE {recency} END
+               || '|' || {_device_group(policy, "u.device_type")} AS cohort_key
         FROM u LEFT JOIN p USING (user_id)
     """
     weights = " ".join(f"WHEN '{k}' THEN {v}" for k, v in policy.category_weights.items())
@@ -206,8 +218,9 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
         "",
-        "| events | users | whole graph (s) | CPU (s) | process (s) | peak RSS, tree (GiB) | events/s "
-        "| DP release step (s) | plain DuckDB (s) | DP / plain | load avg before/after |",
+        "| events | users | whole graph (s) | CPU (s) | process (s) | peak RSS, tree (GiB) "
+        "| events/s | DP release step (s) | plain DuckDB (s) | DP / plain "
+        "| load (1 min) before/after |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -220,12 +233,16 @@ def markdown(rows: list[dict], env: dict) -> str:
     if len(rows) > 1:
         lines.append("")
         for a, b in zip(rows, rows[1:], strict=False):
-            lines.append(f"time({b['size']}) / time({a['size']}) = {b['graph_s'] / a['graph_s']:.1f}")
+            lines.append(
+                f"time({b['size']}) / time({a['size']}) = {b['graph_s'] / a['graph_s']:.1f}"
+            )
     steps = list(rows[0]["steps"])
-    lines += ["", "Per-asset time (s):", "", "| asset | " + " | ".join(r["size"] for r in rows) + " |",
-              "|---|" + "---:|" * len(rows)]  # fmt: skip
+    header = "| asset | " + " | ".join(r["size"] for r in rows) + " |"
+    lines += ["", "Per-asset time (s):", "", header, "|---|" + "---:|" * len(rows)]
     for step in steps:
-        lines.append(f"| {step} | " + " | ".join(f"{r['steps'].get(step, 0):.2f}" for r in rows) + " |")
+        lines.append(
+            f"| {step} | " + " | ".join(f"{r['steps'].get(step, 0):.2f}" for r in rows) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -251,8 +268,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "child-release", "child-plain"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "mode", nargs="?", default="bench", choices=["bench", "child-release", "child-plain"]
+    )
     parser.add_argument("data", nargs="?")
     parser.add_argument("--sizes", nargs="+", default=list(USERS), choices=list(USERS))
     parser.add_argument("--out")
@@ -270,9 +291,10 @@ def main() -> int:
         row = measure(size, env)
         print(json.dumps(row), flush=True)
         rows.append(row)
+        # Written after every size: the 100M run is long and partial results still count.
         (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / "scale.md").write_text(markdown(rows, env))
-    plot(rows, RESULTS / "scale.png")
+        (RESULTS / "scale.md").write_text(markdown(rows, env))
+        plot(rows, RESULTS / "scale.png")
     print((RESULTS / "scale.md").read_text())
     return 0
 

@@ -99,6 +99,8 @@ def main(argv=None) -> None:
     if not (data / "catalog.csv").exists():
         generate(data, users=20_000, days=30, seed=7, end_date=END)
     shutil.copy(REPO / "data" / "policy.yaml", data / "policy.yaml")
+    for stale in data.glob("*.duckdb*"):  # a fresh ledger each run: repeated runs never hit the cap
+        stale.unlink()
     release_date = END.isoformat()
     ranked = ranking_date(END).isoformat()
     for day in (ranked, release_date):

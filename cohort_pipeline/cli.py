@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = ledger_sub.add_parser("verify", help="check the hash chain; exit 1 on any inconsistency")
     verify.set_defaults(func=cmd_ledger_verify)
 
-    opt_out = sub.add_parser("opt-out", help="manage users who opted out (excluded from the next release)")
+    opt_out = sub.add_parser("opt-out", help="manage opt-outs (excluded from the next release on)")
     opt_sub = opt_out.add_subparsers(dest="opt_out_command", required=True)
     for name, help_text in (("add", "exclude users from every release from the next one on"),
                             ("remove", "include users again from the next release on")):

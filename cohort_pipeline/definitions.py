@@ -15,8 +15,9 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from cohort_pipeline.assets import cohorts, experiments, governance, ingest, metrics, privacy, ranking
+from cohort_pipeline.assets import cohorts, experiments, governance, ingest, metrics, privacy, ranking, risk
 from cohort_pipeline.assets.common import DAILY
+from cohort_pipeline.engines import engine_for
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, data_dir, policy_path
 from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 
@@ -34,10 +35,14 @@ def resources_for(data: Path | str | None = None, policy: Path | str | None = No
             temp_directory=os.environ.get("COHORT_PIPELINE_DUCKDB_TEMP_DIR", ""),
         ),
         "ledger": LedgerResource(path=str(data / "ledger.duckdb")),
+        "engine": engine_for(data),  # where the bounding SQL runs: COHORT_PIPELINE_ENGINE
     }
 
 
 all_assets = load_assets_from_modules(ASSET_MODULES)
+# privacy_risk_report simulates attacks on synthetic data from the policy alone (seconds of
+# OpenDP sampling): kept out of all_assets, which every in-process test release materializes.
+risk_assets = load_assets_from_modules([risk])
 
 # The whole release graph is many small steps over one DuckDB file: the in-process
 # executor avoids ~1-2 s of process start per step and any write-lock contention within a run.
@@ -49,7 +54,7 @@ daily_release = define_asset_job(
 )
 
 defs = Definitions(
-    assets=all_assets,
+    assets=[*all_assets, *risk_assets],
     asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[daily_release, ranking_refresh],
     schedules=[build_schedule_from_partitioned_job(daily_release, hour_of_day=3, minute_of_hour=0)],

@@ -404,7 +404,11 @@ def report_markdown(results: pd.DataFrame) -> str:
                      f"{cell(UPLIFT_ARM, f'{m}_uplift', pct=True)} |")  # fmt: skip
     keys = [k for k in results["cohort_key"].unique() if k != OVERALL]
     lines += ["", f"| cohort | {HEADLINE} uplift (n/a: too noisy) |", "|---|---|"]
-    lines += [f"| {k} | {cell(UPLIFT_ARM, f'{HEADLINE}_uplift', k, pct=True)} |" for k in keys]
+    # Cohort keys join labels with '|', which would split a Markdown table cell.
+    escaped = {k: k.replace("|", "\\|") for k in keys}
+    lines += [
+        f"| {escaped[k]} | {cell(UPLIFT_ARM, f'{HEADLINE}_uplift', k, pct=True)} |" for k in keys
+    ]
     first = results.iloc[0]
     lines += [
         "",

@@ -71,8 +71,8 @@ def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
 
     fig = Figure(figsize=(7, 3.2), dpi=100)
     ax = fig.add_subplot()
-    ax.step(frame["day"], frame["epsilon_remaining"], where="post", label="epsilon remaining")
-    ax.step(frame["day"], frame["epsilon_spent"], where="post", label="epsilon spent")
+    ax.plot(frame["day"], frame["epsilon_remaining"], marker=".", label="epsilon remaining")
+    ax.plot(frame["day"], frame["epsilon_spent"], marker=".", label="epsilon spent")
     for share, style in ((0.8, ":"), (0.95, "--")):
         ax.axhline(
             cap.epsilon_cap * (1 - share),

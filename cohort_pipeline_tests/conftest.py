@@ -41,8 +41,12 @@ def make_data_dir(path: Path, users: int = 4_000, days: int = 30, seed: int = 1,
     return path
 
 
-def run_release(data_dir: Path, partition: str = RELEASE_DATE, instance: DagsterInstance | None = None,
-                selection=None):
+def run_release(
+    data_dir: Path,
+    partition: str = RELEASE_DATE,
+    instance: DagsterInstance | None = None,
+    selection=None,
+):
     """Materialize the release graph (or `selection`) for one date, in process."""
     return materialize(
         all_assets,

@@ -1,4 +1,4 @@
-"""Releases in separate OS processes, for the concurrency and crash tests.
+"""Helpers for the reliability tests: releases in separate OS processes, budget caps.
 
 Children come from a forkserver that has already imported Dagster and the pipeline, so each
 release process starts in milliseconds instead of seconds, and the test process's own DuckDB
@@ -22,20 +22,35 @@ CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["cohort_pipeline.definitions", "dagster", "duckdb"])
 
 
-class _Points:
-    """Calls each instrumented point; SIGKILLs this process at the `occurrence`-th point
-    whose label contains `kill_at`, and optionally logs every label."""
+def cap_for_releases(policy, n: int) -> float:
+    """The composed epsilon of exactly n releases of `policy`: a cap that admits n."""
+    from cohort_pipeline.privacy.accounting import compose
+    from cohort_pipeline.privacy.release import planned_measurements
 
-    def __init__(self, kill_at: str | None, occurrence: int, log: Path | None):
-        self.kill_at, self.left, self.log = kill_at, occurrence, log
+    spends = [m.spend for m in planned_measurements(policy)] * n
+    return compose(spends, policy.composition, policy.delta)[0] * (1 + 1e-9)
+
+
+class _Points:
+    """Calls each instrumented point. At the `occurrence`-th point whose label contains
+    `stop_at`, SIGKILLs this process, or pauses it for `pause_s` seconds if given."""
+
+    def __init__(
+        self, stop_at: str | None, occurrence: int, pause_s: float, log: Path | None, paused: Path
+    ):
+        self.stop_at, self.left, self.pause_s, self.log = stop_at, occurrence, pause_s, log
+        self.paused = paused  # touched when the pause starts
 
     def __call__(self, label: str) -> None:
         if self.log:
             with self.log.open("a") as f:
                 f.write(label + "\n")
-        if self.kill_at is not None and self.kill_at in label:
+        if self.stop_at is not None and self.stop_at in label:
             self.left -= 1
-            if self.left == 0:
+            if self.left == 0 and self.pause_s:
+                self.paused.touch()
+                time.sleep(self.pause_s)
+            elif self.left == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -87,20 +102,23 @@ def run_release(
     data_dir: str,
     partition: str,
     out: str,
-    kill_at: str | None = None,
+    stop_at: str | None = None,
     occurrence: int = 1,
+    pause_s: float = 0.0,
     points_log: str | None = None,
+    selection: str | None = None,
 ) -> None:
-    """Child body: materialize the core release graph for `partition` (ingest through
-    ranking); write a JSON summary to `out`. stdout/stderr (Dagster's log lines: what a user
-    sees) go to `out` + '.log'."""
+    """Child body: materialize `selection` (default: the core release graph, ingest through
+    ranking) for `partition`; write a JSON summary to `out`. stdout/stderr (Dagster's log
+    lines: what a user sees) go to `out` + '.log'."""
     log = os.open(out + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
-    if kill_at is not None or points_log:
-        _instrument(_Points(kill_at, occurrence, Path(points_log) if points_log else None))
+    if stop_at is not None or points_log:
+        points_path = Path(points_log) if points_log else None
+        _instrument(_Points(stop_at, occurrence, pause_s, points_path, Path(out + ".paused")))
 
     from dagster import AssetSelection
 
@@ -108,7 +126,9 @@ def run_release(
     from cohort_pipeline_tests.conftest import run_release as materialize_release
 
     started = time.time()
-    result = materialize_release(Path(data_dir), partition, selection=AssetSelection.groups(*CORE))
+    result = materialize_release(
+        Path(data_dir), partition, selection=selection or AssetSelection.groups(*CORE)
+    )
     budget = [
         e.metadata.get("reason")
         for e in result.get_asset_check_evaluations()
@@ -147,6 +167,13 @@ def hold_file(path: str, seconds: float, out: str) -> None:
     time.sleep(seconds)
     con.close()
     Path(out).write_text(json.dumps({"started": start, "finished": time.time()}))
+
+
+def wait_for(path: Path, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.exists()
 
 
 def start(target, *args) -> multiprocessing.Process:

@@ -16,12 +16,16 @@ from cohort_pipeline.privacy.accounting import (
 
 @given(st.floats(1e-3, 20), st.sampled_from([1e-9, 1e-7, 1e-6, 1e-5]))
 def test_rho_from_epsilon_inverts_the_conversion(epsilon, delta):
-    assert epsilon_from_rho(rho_from_epsilon(epsilon, delta), delta) == pytest.approx(epsilon, rel=1e-9)
+    assert epsilon_from_rho(rho_from_epsilon(epsilon, delta), delta) == pytest.approx(
+        epsilon, rel=1e-9
+    )
 
 
 def test_conversion_matches_bun_steinke():
     rho, delta = 0.5, 1e-6
-    assert epsilon_from_rho(rho, delta) == pytest.approx(rho + 2 * math.sqrt(rho * math.log(1 / delta)))
+    assert epsilon_from_rho(rho, delta) == pytest.approx(
+        rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    )
 
 
 def test_pure_dp_is_half_epsilon_squared_zcdp():
@@ -49,7 +53,10 @@ def test_compose_rejects_unknown_rule():
 
 def test_worst_window_counts_every_window_containing_the_date():
     day = date(2026, 1, 10)
-    spends = [(day - timedelta(days=5), Spend.pure(1.0)), (day + timedelta(days=5), Spend.pure(1.0))]
+    spends = [
+        (day - timedelta(days=5), Spend.pure(1.0)),
+        (day + timedelta(days=5), Spend.pure(1.0)),
+    ]
     # A 7-day window holds at most one of them with `day`; a 11-day window can hold both.
     assert worst_window_spend(spends + [(day, Spend.pure(1.0))], 7, "basic", 1e-6, day)[0] == 2.0
     assert worst_window_spend(spends + [(day, Spend.pure(1.0))], 11, "basic", 1e-6, day)[0] == 3.0

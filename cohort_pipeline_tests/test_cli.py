@@ -18,8 +18,21 @@ def run(args, data_dir, home):
 
 
 def materialize(data_dir, home):
-    return run([str(BIN / "dagster"), "asset", "materialize", "-m", "cohort_pipeline.definitions",
-                "--select", "*", "--partition", RELEASE_DATE], data_dir, home)
+    return run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "cohort_pipeline.definitions",
+            "--select",
+            "*",
+            "--partition",
+            RELEASE_DATE,
+        ],
+        data_dir,
+        home,
+    )
 
 
 def test_materialize_command_then_blocked_by_budget_and_ledger_show(small_dir, tmp_path):
@@ -37,11 +50,15 @@ def test_materialize_command_then_blocked_by_budget_and_ledger_show(small_dir, t
     assert 0 < summary["epsilon_spent"] <= summary["epsilon_cap"]
 
     # The same release under a policy whose cap is below what is already spent.
-    write_policy(small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5, "budget.window_days": 7})
+    write_policy(
+        small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5, "budget.window_days": 7}
+    )
     blocked = materialize(small_dir, home)
     assert blocked.returncode != 0
     assert "budget_within_limit" in blocked.stdout + blocked.stderr
-    after = json.loads(run([str(BIN / "cohort-pipeline"), "ledger", "show", "--json"], small_dir, home).stdout)
+    after = json.loads(
+        run([str(BIN / "cohort-pipeline"), "ledger", "show", "--json"], small_dir, home).stdout
+    )
     assert len(after["releases"]) == 1  # nothing more was spent
 
     verified = run([str(BIN / "cohort-pipeline"), "ledger", "verify"], small_dir, home)
@@ -50,17 +67,36 @@ def test_materialize_command_then_blocked_by_budget_and_ledger_show(small_dir, t
 
 def test_generate_and_latest_date(tmp_path):
     data = tmp_path / "d"
-    made = run([str(BIN / "cohort-pipeline"), "--data-dir", str(data), "generate", "--users", "300", "--days", "3",
-                "--end-date", "2026-01-05"], data, tmp_path)
+    made = run(
+        [
+            str(BIN / "cohort-pipeline"),
+            "--data-dir",
+            str(data),
+            "generate",
+            "--users",
+            "300",
+            "--days",
+            "3",
+            "--end-date",
+            "2026-01-05",
+        ],
+        data,
+        tmp_path,
+    )
     assert made.returncode == 0, made.stderr
     assert "day 3/3" in made.stderr  # progress is shown
-    latest = run([str(BIN / "cohort-pipeline"), "--data-dir", str(data), "latest-date"], data, tmp_path)
+    latest = run(
+        [str(BIN / "cohort-pipeline"), "--data-dir", str(data), "latest-date"], data, tmp_path
+    )
     assert latest.stdout.strip() == "2026-01-05"
 
 
 def test_errors_are_one_clear_line(tmp_path):
-    missing = run([str(BIN / "cohort-pipeline"), "--data-dir", str(tmp_path / "nowhere"), "latest-date"],
-                  tmp_path, tmp_path)
+    missing = run(
+        [str(BIN / "cohort-pipeline"), "--data-dir", str(tmp_path / "nowhere"), "latest-date"],
+        tmp_path,
+        tmp_path,
+    )
     assert missing.returncode == 2
     assert "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

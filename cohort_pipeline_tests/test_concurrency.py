@@ -10,18 +10,20 @@ reaches the user.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
 
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.accounting import Spend, compose, worst_window_spend
+from cohort_pipeline.privacy.accounting import Spend, worst_window_spend
 from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.release import planned_measurements
 from cohort_pipeline_tests import release_procs
 from cohort_pipeline_tests.conftest import END, make_data_dir, write_policy
 
 HOLD_S = 4.0
+TWIN_STALL_S = 8.0  # longer than twin B's run: without the lock B would finish first
 RELEASE_TABLES = (
     "cohort_sizes",
     "cohort_metrics",
@@ -30,19 +32,13 @@ RELEASE_TABLES = (
 )
 
 
-def cap_for_releases(policy, n: int) -> float:
-    """The composed epsilon of exactly n releases of `policy` (a cap admitting n)."""
-    spends = [m.spend for m in planned_measurements(policy)] * n
-    return compose(spends, policy.composition, policy.delta)[0] * (1 + 1e-9)
-
-
 @pytest.fixture(scope="module")
 def race(tmp_path_factory):
     data = make_data_dir(
-        tmp_path_factory.mktemp("race") / "data", users=2_000, **{"cohorts.min_size": 50}
+        tmp_path_factory.mktemp("race") / "data", users=1_000, **{"cohorts.min_size": 20}
     )
-    cap = cap_for_releases(load_policy(data / "policy.yaml"), 2)
-    write_policy(data, **{"cohorts.min_size": 50, "budget.epsilon_cap": cap})
+    cap = release_procs.cap_for_releases(load_policy(data / "policy.yaml"), 2)
+    write_policy(data, **{"cohorts.min_size": 20, "budget.epsilon_cap": cap})
     dates = [(END - timedelta(days=n)).isoformat() for n in (2, 1, 0, 0)]
     outs = [data.parent / f"run{i}.json" for i in range(len(dates))]
     hold_out = data.parent / "hold.json"
@@ -105,13 +101,35 @@ def test_blocked_dates_release_nothing_and_admitted_ones_are_charged(race):
         con.close()
 
 
-def test_the_twins_release_one_draw(race):
-    _, dates, runs, _ = race
-    twins = [s for s, _ in runs if s["partition"] == dates[-1]]
-    assert len(twins) == 2
-    assert twins[0]["checks"]["budget_within_limit"] == twins[1]["checks"]["budget_within_limit"]
-    if twins[0]["checks"]["budget_within_limit"]:
-        assert twins[0]["noisy_users"] and twins[0]["noisy_users"] == twins[1]["noisy_users"]
+def test_the_twins_release_one_draw(tmp_path):
+    """Twin A draws its cohort sizes and stalls before storing them; twin B runs the same
+    release meanwhile. B must wait and release A's draw, never a second one."""
+    data = make_data_dir(tmp_path / "data", users=1_000, **{"cohorts.min_size": 20})
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    args = (str(data), END.isoformat())
+    a = release_procs.start(
+        release_procs.run_release,
+        *args,
+        str(outs[0]),
+        "noise drawn: laplace",
+        1,
+        TWIN_STALL_S,
+        None,
+        "*cohort_sizes",
+    )
+    assert release_procs.wait_for(Path(str(outs[0]) + ".paused"), 240)
+    b = release_procs.start(
+        release_procs.run_release, *args, str(outs[1]), None, 1, 0.0, None, "*cohort_sizes"
+    )
+    for proc in (a, b):
+        proc.join(240)
+        assert proc.exitcode == 0
+    (first, _), (second, _) = (release_procs.read_output(o) for o in outs)
+    assert first["success"] and second["success"]
+    assert first["noisy_users"] and first["noisy_users"] == second["noisy_users"]
+    assert len(Ledger(data / "ledger.duckdb").rows()) == len(
+        planned_measurements(load_policy(data / "policy.yaml"))
+    )
 
 
 def test_no_lock_error_reaches_the_user_while_another_process_holds_the_warehouse(race):

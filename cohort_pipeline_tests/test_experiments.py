@@ -25,12 +25,15 @@ from cohort_pipeline.experiments import (
     arm_metrics,
     bootstrap_ci,
     evaluated_users,
+    mean_weight_change,
     ranking_date,
     readout_layout,
     readouts_from_sums,
     release_readouts,
     relevant_items,
     replay_ranking,
+    report_markdown,
+    stability_rows,
     user_readouts,
 )
 from cohort_pipeline.policy import load_policy
@@ -140,6 +143,17 @@ def test_without_noise_the_readouts_are_the_exact_means_and_the_interval_is_cons
     )
 
 
+def test_report_markdown_keeps_cohort_keys_in_one_cell_and_states_the_noise():
+    frame = synthetic_users(2000)
+    mech = mechanisms(load_policy(POLICY))["experiment_report"]
+    rows, noisy_users = release_readouts(frame, KEYS, mech)
+    text = report_markdown(rows.assign(noisy_evaluated_users=noisy_users, noise_std=mech.std))
+    cohort_lines = [line for line in text.splitlines() if "\\|" in line]
+    assert len(cohort_lines) == len(KEYS)
+    assert all(line.replace("\\|", "").count("|") == 3 for line in cohort_lines)
+    assert f"std {mech.std:.4g}" in text and REFERENCE_ARM not in text
+
+
 def test_dp_readouts_draw_opendp_noise_of_the_stated_size():
     frame = synthetic_users(3000, seed=1)
     mech = mechanisms(load_policy(POLICY))["experiment_report"]
@@ -152,6 +166,17 @@ def test_dp_readouts_draw_opendp_noise_of_the_stated_size():
     assert got.ci_low < got.value < got.ci_high
     with pytest.raises(ValueError, match="sensitivity"):
         release_readouts(frame, KEYS, gaussian(1.0, 0.01, 1e-6))
+
+
+def test_stability_compares_with_the_previous_releases():
+    weights = pd.DataFrame({"cohort_key": ["a", "a", "b"], "category": ["x", "y", "x"],
+                            "weight": [0.5, 0.5, 1.0]})  # fmt: skip
+    before = weights.assign(weight=[0.4, 0.6, 1.0])
+    assert mean_weight_change(weights, before) == pytest.approx(0.2 / 3)
+    assert math.isnan(mean_weight_change(weights, before.assign(cohort_key="other")))
+    rows = stability_rows(0.1, 0.25, 0.2).set_index("metric")["value"]
+    assert rows["ndcg_at_10_uplift_change"] == pytest.approx(0.05)
+    assert math.isnan(stability_rows(0.1, 0.25, math.nan).set_index("metric")["value"].iloc[1])
 
 
 def test_bootstrap_is_deterministic_for_a_seed():

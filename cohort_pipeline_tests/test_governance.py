@@ -16,7 +16,12 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_sensor_context,
+    evaluate_automation_conditions,
+)
 
 from cohort_pipeline import reports
 from cohort_pipeline.alerts import PSI_BREACH, read_alerts
@@ -45,6 +50,13 @@ PLOTTED = (
     "median_conversion_rate_accuracy_95",
     "affinity_psi",
 )
+RESERVATION = [
+    "opt_outs",
+    "raw_events",
+    "user_profiles",
+    "cohort_assignments",
+    "privacy_budget_ledger",
+]
 REFRESH = [AssetKey("ranking_weights"), AssetKey("cohort_recommendations")]
 
 
@@ -218,3 +230,26 @@ def test_ledger_cli_shows_and_verifies_then_catches_tampering(releases, tmp_path
     capsys.readouterr()
     assert main(["--data-dir", str(copy), "ledger", "verify"]) == 1
     assert "seq 2: row_hash does not match" in capsys.readouterr().err
+
+
+def test_automation_starts_dp_assets_only_after_blocking_checks_pass(small_dir):
+    instance = DagsterInstance.ephemeral()
+    # The automation tick as of the morning after the release date (its latest partition).
+    tick_time = dt.datetime.combine(
+        dt.date.fromisoformat(RELEASE_DATE) + dt.timedelta(days=1), dt.time(4), dt.UTC
+    )
+
+    def requested_after(policy_cap: float):
+        write_policy(small_dir, **{"cohorts.min_size": K, "budget.epsilon_cap": policy_cap})
+        result = run_release(small_dir, instance=instance, selection=RESERVATION)
+        tick = evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=tick_time, cursor=state["cursor"]
+        )
+        state["cursor"] = tick.cursor
+        return check_results(result)["budget_within_limit"], tick.get_requested_partitions(
+            AssetKey("cohort_sizes")
+        )
+
+    state = {"cursor": evaluate_automation_conditions(defs, instance, None, tick_time).cursor}
+    assert requested_after(0.5) == (False, set())  # blocked: cohort_sizes must not start
+    assert requested_after(8.0) == (True, {RELEASE_DATE})

@@ -226,23 +226,24 @@ def test_backfill_counts_every_window_containing_its_date(path):
 )
 def test_no_window_ever_exceeds_the_cap(composition, window, requests):
     cap = BudgetCap(4.0, window, DELTA, composition)
+    spends: list[tuple[date, Spend]] = []  # model of the ledger, checked against it at the end
+    reserved: set[tuple[date, str]] = set()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "l.duckdb")
         for offset, epsilon, version in requests:
             d = DAY0 + timedelta(days=offset)
-            before = ledger_spends(ledger)
-            already = not ledger.reservation(d, "p1", version).empty
-            would = worst_window_spend(
-                [*before, (d, Spend.pure(epsilon))], window, composition, DELTA, d
-            )[0]
+            new = [*spends, (d, Spend.pure(epsilon))]
+            fits = worst_window_spend(new, window, composition, DELTA, d)[0] <= 4.0 + 1e-9
             try:
                 res = reserve(ledger, d, [pure(epsilon)], cap, data_version=version)
-                assert res.reused == already
-                assert already or would <= cap.epsilon_cap + 1e-9
+                assert res.reused == ((d, version) in reserved)
+                assert res.reused or fits
+                if not res.reused:
+                    spends = new
+                    reserved.add((d, version))
             except BudgetExceeded:
-                assert not already and would > cap.epsilon_cap + 1e-9
-                assert ledger_spends(ledger) == before
-        spends = ledger_spends(ledger)
+                assert (d, version) not in reserved and not fits
+        assert ledger_spends(ledger) == spends
         for d, _ in spends:
             assert worst_window_spend(spends, window, composition, DELTA, d)[0] <= 4.0 + 1e-9
         assert ledger.verify() == []
@@ -268,6 +269,8 @@ def test_edited_row_is_detected_and_blocks_spending(path):
         reserve(ledger, DAY0 + timedelta(days=5), [pure(1.0)], basic_cap(10))
     assert len(ledger.rows()) == 3
     assert ledger.summary(basic_cap(10))["verified"] is False
+    with pytest.raises(LedgerCorrupt):  # DP assets must not draw noise on a forged reservation
+        ledger.reservation(DAY0 + timedelta(days=1), "p1", "v1")
 
 
 def test_deleted_row_is_detected(path):
@@ -336,10 +339,11 @@ def _process_worker(path: str, n: int, go, results) -> None:
         results.put(repr(exc))
 
 
-def _hold_file(path: str, seconds: float, ready) -> None:
+def _hold_file(path: str, seconds: float, ready, go) -> None:
     con = duckdb.connect(path)  # read-write: DuckDB locks the file for this process
     try:
         ready.set()
+        go.wait(30)  # keep holding until the parent has seen a timeout, whatever the load
         time.sleep(seconds)
     finally:
         con.close()
@@ -366,20 +370,22 @@ def test_processes_reserve_atomically(path):
 def test_reserve_waits_for_another_process_holding_the_file(path):
     reserve(Ledger(path), DAY0, [pure(1.0)], basic_cap(10))
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold_file, args=(str(path), 2.0, ready))
+    ready, go = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_file, args=(str(path), 2.0, ready, go))
     holder.start()
     try:
         assert ready.wait(30)
-        started = time.monotonic()
         with pytest.raises(LedgerBusy, match="locked by another process") as err:
             reserve(
                 Ledger(path, lock_timeout_s=0.3), DAY0 + timedelta(days=1), [pure(1)], basic_cap(10)
             )
         assert str(path) in str(err.value)
+        go.set()
+        started = time.monotonic()
         res = reserve(Ledger(path), DAY0 + timedelta(days=1), [pure(1.0)], basic_cap(10))
         assert not res.reused and time.monotonic() - started > 1.0
     finally:
+        go.set()
         holder.join(30)
     assert Ledger(path).rows().seq.tolist() == [1, 2]
 

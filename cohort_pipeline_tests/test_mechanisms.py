@@ -20,7 +20,9 @@ def test_gaussian_is_calibrated_to_rho():
     assert mech._measurement.map(math.sqrt(3)) <= 0.01 * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("mech", [laplace(1.0, 0.1), gaussian(1.0, 0.005, 1e-6)], ids=["laplace", "gaussian"])
+@pytest.mark.parametrize(
+    "mech", [laplace(1.0, 0.1), gaussian(1.0, 0.005, 1e-6)], ids=["laplace", "gaussian"]
+)
 def test_stated_95_percent_accuracy_covers_real_opendp_noise(mech):
     exact = np.full(20_000, 100.0)
     noisy = mech(exact)

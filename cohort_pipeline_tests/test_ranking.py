@@ -71,7 +71,9 @@ def test_fairness_floor_must_be_satisfiable(policy):
 
 
 def test_recommendations_rank_items_by_weight_times_category_share():
-    weights = pd.DataFrame({"cohort_key": ["x"] * 2, "category": ["books", "toys"], "weight": [0.9, 0.1]})
+    weights = pd.DataFrame(
+        {"cohort_key": ["x"] * 2, "category": ["books", "toys"], "weight": [0.9, 0.1]}
+    )
     popularity = pd.DataFrame({
         "item_id": ["b1", "b2", "t1"], "category": ["books", "books", "toys"],
         "category_share": [0.3, 0.7, 1.0],

@@ -10,8 +10,13 @@ from cohort_pipeline.policy import MEASURED_ASSETS
 from cohort_pipeline.privacy.release import release_cohort_metrics, release_cohort_sizes
 from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
 
-RELEASE_TABLES = ["cohort_sizes", "cohort_metrics", "cohort_category_affinity", "ranking_weights",
-                  "cohort_recommendations"]
+RELEASE_TABLES = [
+    "cohort_sizes",
+    "cohort_metrics",
+    "cohort_category_affinity",
+    "ranking_weights",
+    "cohort_recommendations",
+]
 
 
 def read(path, sql):
@@ -25,7 +30,10 @@ def read(path, sql):
 
 
 def release_rows(data_dir, table, date=RELEASE_DATE):
-    return read(data_dir / "warehouse.duckdb", f"SELECT * FROM release.{table} WHERE release_date = DATE '{date}'")
+    return read(
+        data_dir / "warehouse.duckdb",
+        f"SELECT * FROM release.{table} WHERE release_date = DATE '{date}'",
+    )
 
 
 def ledger_rows(data_dir):
@@ -38,9 +46,12 @@ def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_d
     first = run_release(sample_dir)
     assert first.success
     assert all(check_results(first).values())
-    assert {"budget_within_limit", "min_cohort_size", "weight_change_within_limit", "fairness_floor_met"} <= set(
-        check_results(first)
-    )
+    assert {
+        "budget_within_limit",
+        "min_cohort_size",
+        "weight_change_within_limit",
+        "fairness_floor_met",
+    } <= set(check_results(first))
     before = {t: release_rows(sample_dir, t) for t in RELEASE_TABLES}
     assert all(len(rows) for rows in before.values())
     spent = ledger_rows(sample_dir)
@@ -51,7 +62,12 @@ def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_d
     again = run_release(sample_dir)
     assert again.success
     assert len(ledger_rows(sample_dir)) == len(spent)  # no new spend
-    for table in ("cohort_sizes", "cohort_metrics", "cohort_category_affinity", "cohort_recommendations"):
+    for table in (
+        "cohort_sizes",
+        "cohort_metrics",
+        "cohort_category_affinity",
+        "cohort_recommendations",
+    ):
         pd.testing.assert_frame_equal(release_rows(sample_dir, table), before[table])
     assert (sample_dir / "exports" / RELEASE_DATE / "cohort_recommendations.csv").exists()
 
@@ -63,7 +79,9 @@ def test_changed_inputs_are_a_new_release_that_spends(sample_dir):
     assert run_release(sample_dir).success
     spent = ledger_rows(sample_dir)
     assert len(spent) == 2 * len(MEASURED_ASSETS) and spent["data_version"].nunique() == 2
-    assert not np.allclose(release_rows(sample_dir, "cohort_sizes")["noisy_users"], sizes_before["noisy_users"])
+    assert not np.allclose(
+        release_rows(sample_dir, "cohort_sizes")["noisy_users"], sizes_before["noisy_users"]
+    )
 
 
 def test_cap_below_one_release_blocks_everything_and_spends_nothing(small_dir):
@@ -75,7 +93,12 @@ def test_cap_below_one_release_blocks_everything_and_spends_nothing(small_dir):
     for table in RELEASE_TABLES:
         assert release_rows(small_dir, table).empty
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    assert not started & {"cohort_sizes", "cohort_metrics", "cohort_category_affinity", "ranking_weights"}
+    assert not started & {
+        "cohort_sizes",
+        "cohort_metrics",
+        "cohort_category_affinity",
+        "ranking_weights",
+    }
 
 
 def test_min_size_above_population_blocks_metrics(small_dir):
@@ -111,7 +134,9 @@ def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
     accuracy covers the exact value 90-99% of the time over many draws."""
     assert run_release(sample_dir).success
     warehouse = sample_dir / "warehouse.duckdb"
-    profiles = read(warehouse, f"SELECT * FROM private.user_profiles WHERE release_date = DATE '{RELEASE_DATE}'")
+    profiles = read(
+        warehouse, f"SELECT * FROM private.user_profiles WHERE release_date = DATE '{RELEASE_DATE}'"
+    )
     exact_n = profiles.groupby("cohort_key").size()
     exact_conv = profiles.groupby("cohort_key")["converted"].mean()
     from cohort_pipeline.policy import load_policy
@@ -130,7 +155,9 @@ def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
         errors_n.append(np.median(n_err / n_true))
         errors_c.append(np.median(c_err / c_true))
         cover_n.append(np.mean(n_err <= single["accuracy_95"].to_numpy()))
-        cover_c.append(np.mean(c_err <= metrics.loc[single.index, "conversion_rate_accuracy_95"].to_numpy()))
+        cover_c.append(
+            np.mean(c_err <= metrics.loc[single.index, "conversion_rate_accuracy_95"].to_numpy())
+        )
     assert np.median(errors_n) <= 0.05
     assert np.median(errors_c) <= 0.05
     assert 0.90 <= np.mean(cover_n) <= 0.99

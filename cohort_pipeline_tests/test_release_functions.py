@@ -42,7 +42,9 @@ def test_coarsen_keeps_big_cohorts_and_merges_small_ones_into_parents(policy):
     merged = [c for c in released if len(c[1]) > 1]
     # The pool (110) is still below k, so it climbs to `low|*|*` and absorbs the smallest
     # released cohort under that parent (all are 1000; ties break by key).
-    assert merged == [("low|*|*", ["low|lapsed|desktop", "low|recent|desktop", "low|recent|mobile"], 1110.0)]
+    assert merged == [
+        ("low|*|*", ["low|lapsed|desktop", "low|recent|desktop", "low|recent|mobile"], 1110.0)
+    ]
     assert all(n >= 200 for _, _, n in released)
     covered = sorted(m for _, members, _ in released for m in members)
     assert covered == sorted(keys)  # every full key lands in exactly one released cohort
@@ -65,8 +67,9 @@ def test_population_below_k_is_left_below_k_for_the_check(policy):
 
 
 def test_release_cohort_sizes_covers_the_public_key_set_including_empty_cohorts(policy):
-    assignments = pd.DataFrame({"user_id": [f"u{i}" for i in range(3000)],
-                                "cohort_key": ["mid|none|mobile"] * 3000})
+    assignments = pd.DataFrame(
+        {"user_id": [f"u{i}" for i in range(3000)], "cohort_key": ["mid|none|mobile"] * 3000}
+    )
     sizes = release_cohort_sizes(assignments, policy)
     assert sorted(plan_map(sizes)) == sorted(policy.cohort_keys())
     # All other cohorts are empty, so they are merged; the populated one may be absorbed.
@@ -88,8 +91,15 @@ def _plan(policy, n=1000.0):
 
 def test_metrics_are_clamped_to_their_bounds_even_for_empty_cohorts(policy):
     plan = _plan(policy)
-    profiles = pd.DataFrame({"user_id": ["a"], "cohort_key": [plan.cohort_key[0]], "sessions": [3],
-                             "mean_duration_s": [100.0], "converted": [1]})
+    profiles = pd.DataFrame(
+        {
+            "user_id": ["a"],
+            "cohort_key": [plan.cohort_key[0]],
+            "sessions": [3],
+            "mean_duration_s": [100.0],
+            "converted": [1],
+        }
+    )
     out = release_cohort_metrics(profiles, plan, policy)
     assert len(out) == len(plan)
     assert out["conversion_rate"].between(0, 1).all()
@@ -100,7 +110,9 @@ def test_metrics_are_clamped_to_their_bounds_even_for_empty_cohorts(policy):
 
 def test_affinity_gives_every_cohort_and_category_a_value(policy):
     plan = _plan(policy)
-    users = pd.DataFrame({"user_id": ["a", "a"], "category": ["books", "toys"], "value": [0.6, 0.8]})
+    users = pd.DataFrame(
+        {"user_id": ["a", "a"], "category": ["books", "toys"], "value": [0.6, 0.8]}
+    )
     assignments = pd.DataFrame({"user_id": ["a"], "cohort_key": [plan.cohort_key[0]]})
     out = release_cohort_affinity(users, assignments, plan, ["books", "garden", "toys"], policy)
     assert len(out) == len(plan) * 3

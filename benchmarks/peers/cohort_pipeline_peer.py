@@ -43,8 +43,8 @@ def main() -> None:
                 for _, row in out.iterrows()}  # fmt: skip
 
     times, releases = timed(run, spec["repeats"])
-    report(spec, "cohort_pipeline", version("cohort_pipeline"), times, releases,
-           notes="counts: Laplace; means: Gaussian sums / noisy counts; rho split 0.4/0.6")  # fmt: skip
+    notes = "counts: Laplace; means: Gaussian sums / noisy counts; rho split 0.4/0.6"
+    report(spec, "cohort_pipeline", version("cohort_pipeline"), times, releases, notes=notes)
 
 
 if __name__ == "__main__":

@@ -23,19 +23,34 @@ def main() -> None:
     keys = spec["keys"]
 
     def run() -> dict:
-        rows = list(pd.read_parquet(spec["input"])[["user_id", "cohort_key", *MEANS]].itertuples(index=False))
-        accountant = pipeline_dp.NaiveBudgetAccountant(total_epsilon=spec["epsilon"], total_delta=spec["delta"])
+        rows = list(
+            pd.read_parquet(spec["input"])[["user_id", "cohort_key", *MEANS]].itertuples(
+                index=False
+            )
+        )
+        accountant = pipeline_dp.NaiveBudgetAccountant(
+            total_epsilon=spec["epsilon"], total_delta=spec["delta"]
+        )
         engine = pipeline_dp.DPEngine(accountant, pipeline_dp.LocalBackend())
         results = {}
         for i, column in enumerate(MEANS):
             lo, hi = spec["bounds"][column]
-            metrics = [pipeline_dp.Metrics.COUNT, pipeline_dp.Metrics.MEAN] if i == 0 else [pipeline_dp.Metrics.MEAN]
+            metrics = (
+                [pipeline_dp.Metrics.COUNT, pipeline_dp.Metrics.MEAN]
+                if i == 0
+                else [pipeline_dp.Metrics.MEAN]
+            )
             params = pipeline_dp.AggregateParams(
-                noise_kind=pipeline_dp.NoiseKind.LAPLACE, metrics=metrics, max_partitions_contributed=1,
-                max_contributions_per_partition=1, min_value=lo, max_value=hi,
+                noise_kind=pipeline_dp.NoiseKind.LAPLACE,
+                metrics=metrics,
+                max_partitions_contributed=1,
+                max_contributions_per_partition=1,
+                min_value=lo,
+                max_value=hi,
             )
             extractors = pipeline_dp.DataExtractors(
-                privacy_id_extractor=lambda r: r[0], partition_extractor=lambda r: r[1],
+                privacy_id_extractor=lambda r: r[0],
+                partition_extractor=lambda r: r[1],
                 value_extractor=lambda r, j=2 + i: float(r[j]),
             )
             results[column] = engine.aggregate(rows, params, extractors, public_partitions=keys)
@@ -49,8 +64,14 @@ def main() -> None:
         return out
 
     times, releases = timed(run, spec["repeats"])
-    report(spec, "PipelineDP (local backend)", version("pipeline-dp"), times, releases,
-           notes="Laplace, naive composition of total epsilon (pure DP; delta unused)")
+    report(
+        spec,
+        "PipelineDP (local backend)",
+        version("pipeline-dp"),
+        times,
+        releases,
+        notes="Laplace, naive composition of total epsilon (pure DP; delta unused)",
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     AssetRecordsFilter,
     Failure,
     MaterializeResult,
@@ -23,6 +22,7 @@ from dagster import (
 )
 
 from cohort_pipeline import alerts, reports
+from cohort_pipeline.assets import experiments
 from cohort_pipeline.assets.common import (
     CODE_VERSION,
     DAILY,
@@ -38,6 +38,7 @@ from cohort_pipeline.assets.metrics import (
 )
 from cohort_pipeline.assets.privacy import cohort_sizes, privacy_budget_ledger
 from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.experiments import HEADLINE, OVERALL
 from cohort_pipeline.privacy.release import budget_cap
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
@@ -204,22 +205,14 @@ def _previous_date(warehouse: WarehouseResource, release_date: str) -> str | Non
     return None if found.empty or pd.isna(found.iloc[0, 0]) else str(found.iloc[0, 0])[:10]
 
 
-def experiment_figures(context: AssetExecutionContext) -> dict:
-    """Numeric uplift figures of this date's experiment_report, once that asset exists."""
-    found = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=AssetKey("experiment_report"), asset_partitions=[context.partition_key]
-        ),
-        limit=1,
-    ).records
-    if not found:
-        return {}
-    metadata = found[0].asset_materialization.metadata
-    return {
-        f"experiment_{name}": float(value.value)
-        for name, value in metadata.items()
-        if "uplift" in name and isinstance(value.value, (int, float))
-    }
+def experiment_uplift(warehouse: WarehouseResource, release_date: str) -> dict:
+    """The experiment's overall DP uplift readout of this date, once there is one."""
+    found = warehouse.read(
+        f"SELECT value FROM {experiments.TABLE} WHERE release_date = ? AND metric = ? "
+        "AND cohort_key = ?",
+        [release_date, f"{HEADLINE}_uplift", OVERALL],
+    )
+    return {} if found.empty else {f"experiment_{HEADLINE}_uplift": float(found.iloc[0, 0])}
 
 
 @asset(
@@ -232,6 +225,7 @@ def experiment_figures(context: AssetExecutionContext) -> dict:
         cohort_metrics,
         cohort_category_affinity,
         ranking_weights,
+        experiments.experiment_report,
     ],
     check_specs=[
         AssetCheckSpec(
@@ -295,7 +289,7 @@ def privacy_scorecard(
         ),
         "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),
         **drift,
-        **experiment_figures(context),
+        **experiment_uplift(warehouse, release_date),
     }
     fired = [
         *alerts.density_alerts(release_date, sizes, policy.min_size),

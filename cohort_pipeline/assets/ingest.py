@@ -32,6 +32,7 @@ def read_opt_outs(path) -> pd.DataFrame:
     description="Users who opted out (opt_outs.csv), as of this release: excluded before anything else.",
 )
 def opt_outs(context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource):
+    pipeline.policy()  # the first step: a bad policy stops the release before any data is read
     frame = read_opt_outs(pipeline.opt_outs_path)
     with warehouse.connect() as con:
         replace_partition(con, "private.opt_outs", context.partition_key, frame)

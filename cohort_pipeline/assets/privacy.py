@@ -55,8 +55,9 @@ MIN_SIZE_CHECK = "min_cohort_size"
             "when it would not, nothing is spent and no DP asset of the release runs.",
         ),
         *[AssetCheckSpec(name, asset="privacy_budget_ledger",
-                         description=f"WARN: the window's spend is below {share:.0%} of budget.epsilon_cap "
-                         "(an alert is recorded and sent to $COHORT_PIPELINE_ALERT_WEBHOOK when not).")
+                         description=f"WARN: the window's spend is below {share:.0%} of "
+                         "budget.epsilon_cap (else an alert is recorded and sent to "
+                         "$COHORT_PIPELINE_ALERT_WEBHOOK).")
           for name, share in alerts.BUDGET_THRESHOLDS.items()],
     ],
     description="Atomic reservation of this release's privacy spend in ledger.privacy_spend, recorded before "
@@ -83,7 +84,8 @@ def privacy_budget_ledger(
         context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
     summary = store.summary(cap, as_of=release_date)
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
-    fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=None if passed else reason)
+    blocked = None if passed else reason
+    fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
     for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
         context.log.error(error)
     check_meta = {"epsilon_spent": spent, "epsilon_cap": policy.epsilon_cap, "window_days": policy.window_days,
@@ -105,7 +107,8 @@ def privacy_budget_ledger(
         check_results=[
             AssetCheckResult(check_name=BUDGET_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
                              metadata=check_meta),
-            *[AssetCheckResult(check_name=name, passed=ok, severity=AssetCheckSeverity.WARN, metadata=meta)
+            *[AssetCheckResult(check_name=name, passed=ok, severity=AssetCheckSeverity.WARN,
+                               metadata=meta)
               for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)],
         ],
     )

@@ -118,8 +118,10 @@ def cohort_recommendations(
     weights = _release_rows(warehouse, "release.ranking_weights", release_date)
 
     def compute(release, plan):
-        items = warehouse.read("SELECT user_id, item_id, value FROM private.user_items WHERE release_date = ?",
-                               [release_date])
+        # Summed per item in SQL: the same per-item vector release_item_popularity sums, without
+        # pulling every (user, item) row into pandas (tens of millions at 100M events).
+        items = warehouse.read("SELECT item_id, sum(value) AS value FROM private.user_items "
+                               "WHERE release_date = ? GROUP BY item_id", [release_date])
         catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
         popularity = release_item_popularity(items, catalog, release.policy)
         # Stored for experiment_report's popularity arm: same window, same budget.

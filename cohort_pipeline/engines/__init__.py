@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date
+from pathlib import Path
 
 import duckdb
 from dagster import ConfigurableResource
@@ -33,20 +34,37 @@ def bounding_queries(policy: Policy, day: date, events: str, catalog: str) -> li
     ]
 
 
-class DuckDBEngine(ConfigurableResource):
+class BoundingEngine(ConfigurableResource):
+    """Runs the bounding queries of a release; the resource under the key "engine"."""
+
+    def bounded_tables(
+        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
+    ) -> AbstractContextManager[list[tuple[str, str]]]:
+        """A context yielding (private table, query over `con`) pairs, valid inside the block.
+        `events` (validated window events) and `catalog` name relations of `con`."""
+        raise NotImplementedError
+
+
+class DuckDBEngine(BoundingEngine):
     """Bounding inside the warehouse connection: nothing leaves DuckDB."""
 
     @contextmanager
-    def bounded_tables(
-        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
-    ) -> Iterator[list[tuple[str, str]]]:
-        """Yields (private table, query over `con`) pairs; the queries are valid inside the
-        block. `events` and `catalog` name relations of `con`."""
+    def bounded_tables(self, con, policy, day, events, catalog) -> Iterator[list[tuple[str, str]]]:
         yield bounding_queries(policy, day, events, catalog)
 
 
-def engine_name() -> str:
+def engine_for(data: Path) -> BoundingEngine:
+    """The engine COHORT_PIPELINE_ENGINE names; Spark stages its Parquet under `data`."""
     name = os.environ.get(ENGINE_ENV, "duckdb").strip().lower() or "duckdb"
-    if name not in ENGINES:
-        raise ValueError(f"{ENGINE_ENV}={name!r}: expected one of {', '.join(ENGINES)}")
-    return name
+    if name == "duckdb":
+        return DuckDBEngine()
+    if name == "spark":
+        from cohort_pipeline.engines.spark import SparkEngine
+
+        return SparkEngine(
+            stage_dir=os.environ.get(
+                "COHORT_PIPELINE_SPARK_STAGE_DIR", str(Path(data) / "spark_stage")
+            ),
+            master=os.environ.get("COHORT_PIPELINE_SPARK_MASTER", "local[2]"),
+        )
+    raise ValueError(f"{ENGINE_ENV}={name!r}: expected one of {', '.join(ENGINES)}")

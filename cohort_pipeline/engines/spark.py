@@ -22,10 +22,9 @@ from pathlib import Path
 
 import duckdb
 import sqlglot
-from dagster import ConfigurableResource
 from sqlglot import exp
 
-from cohort_pipeline.engines import bounding_queries
+from cohort_pipeline.engines import BoundingEngine, bounding_queries
 from cohort_pipeline.policy import Policy
 
 
@@ -61,7 +60,7 @@ def to_spark_sql(sql: str) -> str:
     return tree.sql(dialect="spark")
 
 
-class SparkEngine(ConfigurableResource):
+class SparkEngine(BoundingEngine):
     """Bounding on Spark. `master` is `local[N]` on one machine or a cluster URL
     (`spark://host:7077`, `yarn`, `k8s://...`); `spark_config` adds any Spark setting."""
 
@@ -77,7 +76,7 @@ class SparkEngine(ConfigurableResource):
         builder = SparkSession.builder.master(self.master).appName("cohort_pipeline")
         conf = {"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false",
                 "spark.ui.showConsoleProgress": "false",
-                "spark.sql.shuffle.partitions": "8", **self.spark_config}  # fmt: skip
+                "spark.sql.shuffle.partitions": "4", **self.spark_config}  # fmt: skip
         for key, value in conf.items():
             builder = builder.config(key, value)
         return builder.getOrCreate()
@@ -86,8 +85,7 @@ class SparkEngine(ConfigurableResource):
     def bounded_tables(
         self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
     ) -> Iterator[list[tuple[str, str]]]:
-        """Same contract as DuckDBEngine.bounded_tables: (private table, query over `con`)
-        pairs, valid inside the block; the staged Parquet is removed after it."""
+        # The staged Parquet is removed when the block ends, once the warehouse has loaded it.
         stage = Path(self.stage_dir) / f"bounding-{uuid.uuid4().hex}"
         stage.mkdir(parents=True)
         try:

@@ -22,7 +22,9 @@ For each mechanism of `release.mechanisms(policy)`, with its real calibrated sca
      sharper test for zCDP claims, whose (epsilon, delta) conversion is loose.
 
 A lower bound above its claim means the claim is false (with confidence 1 - alpha):
-`python -m cohort_pipeline.privacy.audit` exits 1. No noise here reaches a release.
+`python -m cohort_pipeline.privacy.audit` exits 1. `--with-broken` adds a half-noise twin of
+every mechanism, which the audit must flag (else it exits 1 too). No noise here reaches a
+release.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy.mechanisms import Mechanism
+from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace
 from cohort_pipeline.privacy.release import mechanisms
 
 ALPHA = 0.05
@@ -212,21 +214,51 @@ def audit_mechanism(name: str, mech: Mechanism, trials: int, alpha: float = ALPH
     )
 
 
-def _audit_policy_mechanism(policy: Policy, name: str, trials: int, alpha: float) -> AuditResult:
+def half_noise(honest: Mechanism) -> Mechanism:
+    """A deliberately broken mechanism: half the noise scale, still claiming the honest
+    spend (what a sensitivity under-counted by 2x looks like). The audit must flag it."""
+    if honest.name == "laplace":
+        noisier = laplace(honest.sensitivity, 2 * honest.spend.epsilon)
+    else:
+        noisier = gaussian(honest.sensitivity, 4 * honest.spend.rho, honest.spend.delta)
+    return replace(noisier, spend=honest.spend)
+
+
+BROKEN = "broken (half noise): "  # label prefix of a half_noise mechanism's result
+
+
+def _audit_policy_mechanism(
+    policy: Policy, name: str, trials: int, alpha: float, broken: bool
+) -> AuditResult:
     # Runs in a worker process: OpenDP measurements do not pickle, the policy does.
-    return audit_mechanism(name, mechanisms(policy)[name], trials, alpha)
+    mech = mechanisms(policy)[name]
+    if broken:
+        return audit_mechanism(BROKEN + name, half_noise(mech), trials, alpha)
+    return audit_mechanism(name, mech, trials, alpha)
 
 
 def audit_policy(
-    policy: Policy, trials: int, alpha: float = ALPHA, workers: int = 1
+    policy: Policy, trials: int, alpha: float = ALPHA, workers: int = 1, with_broken: bool = False
 ) -> list[AuditResult]:
-    """Audit every release mechanism of `policy`, in `workers` processes."""
-    names = list(mechanisms(policy))
+    """Audit every release mechanism of `policy` (and, with_broken, a half-noise twin of
+    each, which must fail), in `workers` processes."""
+    jobs = [(n, False) for n in mechanisms(policy)]
+    jobs += [(n, True) for n, _ in jobs] if with_broken else []
     if workers <= 1:
-        return [_audit_policy_mechanism(policy, n, trials, alpha) for n in names]
+        return [_audit_policy_mechanism(policy, n, trials, alpha, b) for n, b in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        runs = [pool.submit(_audit_policy_mechanism, policy, n, trials, alpha) for n in names]
+        runs = [pool.submit(_audit_policy_mechanism, policy, n, trials, alpha, b) for n, b in jobs]
         return [r.result() for r in runs]
+
+
+def verdict(results: list[AuditResult]) -> list[str]:
+    """What went wrong: an honest mechanism flagged, or a broken one not caught."""
+    return [
+        f"{r.mechanism}: "
+        + ("not caught" if r.mechanism.startswith(BROKEN) else "lower bound above the claim")
+        for r in results
+        if r.passed == r.mechanism.startswith(BROKEN)
+    ]
 
 
 def results_table(results: list[AuditResult]) -> str:
@@ -265,11 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=ALPHA, help="1 - confidence")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", dest="json_path", help="also write the JSON to this file")
+    parser.add_argument(
+        "--with-broken",
+        action="store_true",
+        help="also audit a half-noise twin of every mechanism; each must be flagged",
+    )
     args = parser.parse_args(argv)
     if args.trials < 100:
         parser.error("--trials must be at least 100")
     start = time.perf_counter()
-    results = audit_policy(load_policy(args.policy), args.trials, args.alpha, args.workers)
+    policy = load_policy(args.policy)
+    results = audit_policy(policy, args.trials, args.alpha, args.workers, args.with_broken)
     payload = {
         "policy": args.policy,
         "alpha": args.alpha,
@@ -281,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(payload, f, indent=2)
-    failed = [r.mechanism for r in results if not r.passed]
-    if failed:
-        print(f"AUDIT FAILED: lower bound above the claim for {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    problems = verdict(results)
+    if problems:
+        print("AUDIT FAILED: " + "; ".join(problems), file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

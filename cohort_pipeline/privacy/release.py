@@ -1,7 +1,7 @@
 """The DP release functions the assets call: pandas in, pandas out, no Dagster.
 
 Privacy parameters come from the policy: `budget.epsilon_per_release` at `budget.delta` is
-turned into a zCDP budget rho and shared across the four measurements by `budget.split`.
+turned into a zCDP budget rho and shared across the five measurements by `budget.split`.
 Neighbouring datasets differ by adding or removing one user (all their window events).
 
 | measurement              | mechanism | norm | sensitivity                 |
