@@ -30,8 +30,10 @@ def cmd_generate(args) -> int:
         args.data_dir, users=args.users, days=args.days, seed=args.seed, end_date=args.end_date,
         items=args.items, categories=args.categories, progress=lambda msg: print(msg, file=sys.stderr),
     )  # fmt: skip
-    print(f"wrote {summary.events:,} events for {summary.users:,} users, {summary.first_date}..{summary.last_date}, "
-          f"{summary.items:,} items into {args.data_dir}")
+    print(
+        f"wrote {summary.events:,} events for {summary.users:,} users, {summary.first_date}..{summary.last_date}, "
+        f"{summary.items:,} items into {args.data_dir}"
+    )
     return 0
 
 
@@ -39,7 +41,9 @@ def cmd_latest_date(args) -> int:
     """The newest event date on file: the release `make run` materializes."""
     from cohort_pipeline.ingest import event_files
 
-    dates = sorted(p.stem.removeprefix("events-") for p in event_files(Path(args.data_dir) / "events"))
+    dates = sorted(
+        p.stem.removeprefix("events-") for p in event_files(Path(args.data_dir) / "events")
+    )
     latest = max(dt.date.fromisoformat(d) for d in dates if d[:4].isdigit())
     print(latest.isoformat())
     return 0
@@ -51,15 +55,30 @@ def cmd_ledger_show(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"composition {summary['composition']} at delta={summary['delta']}: "
-          f"epsilon spent {summary['epsilon_spent']:.4f} of cap {summary['epsilon_cap']} over "
-          f"{summary['window_days']} days ending {summary['as_of']} (remaining {summary['epsilon_remaining']:.4f})")
+    print(
+        f"composition {summary['composition']} at delta={summary['delta']}: "
+        f"epsilon spent {summary['epsilon_spent']:.4f} of cap {summary['epsilon_cap']} over "
+        f"{summary['window_days']} days ending {summary['as_of']} (remaining {summary['epsilon_remaining']:.4f})"
+    )
     rows = ledger.rows()
     if rows.empty:
         print("(ledger is empty)")
         return 0
-    cols = ["seq", "release_date", "asset", "mechanism", "epsilon", "delta", "rho", "sensitivity", "noise_scale",
-            "policy_hash", "data_version", "run_id", "recorded_at"]
+    cols = [
+        "seq",
+        "release_date",
+        "asset",
+        "mechanism",
+        "epsilon",
+        "delta",
+        "rho",
+        "sensitivity",
+        "noise_scale",
+        "policy_hash",
+        "data_version",
+        "run_id",
+        "recorded_at",
+    ]
     print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     return 0
 
@@ -82,14 +101,18 @@ def cmd_import(args) -> int:
         item_map=parse_mapping(args.item_map, ("item_id", "category"), ("item_id", "category")),
         event_type=args.event_type, min_rating=args.min_rating, overwrite=args.overwrite,
     )  # fmt: skip
-    print(f"read {summary.rows_read:,} rows; wrote {summary.rows_written:,} events in "
-          f"{summary.files} daily file(s) {summary.first_date}..{summary.last_date} and "
-          f"{summary.catalog_items:,} catalog items into {args.data_dir}")
+    print(
+        f"read {summary.rows_read:,} rows; wrote {summary.rows_written:,} events in "
+        f"{summary.files} daily file(s) {summary.first_date}..{summary.last_date} and "
+        f"{summary.catalog_items:,} catalog items into {args.data_dir}"
+    )
     for reason, count in summary.rejected.items():
         print(f"  rejected {count:,} row(s): {reason}")
     if summary.first_date:
-        print(f"release dates need partitions from {summary.first_date}: set "
-              "release.partitions_start or COHORT_PIPELINE_PARTITIONS_START")
+        print(
+            f"release dates need partitions from {summary.first_date}: set "
+            "release.partitions_start or COHORT_PIPELINE_PARTITIONS_START"
+        )
     return 0
 
 
@@ -111,15 +134,23 @@ def cmd_opt_out(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cohort-pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(data_dir()), help="default: $COHORT_PIPELINE_DATA_DIR or data/")
-    parser.add_argument("--policy", default=None, help="default: $COHORT_PIPELINE_POLICY or <data dir>/policy.yaml")
+    parser.add_argument(
+        "--data-dir", default=str(data_dir()), help="default: $COHORT_PIPELINE_DATA_DIR or data/"
+    )
+    parser.add_argument(
+        "--policy", default=None, help="default: $COHORT_PIPELINE_POLICY or <data dir>/policy.yaml"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="write synthetic sample events and catalog into the data folder")
+    gen = sub.add_parser(
+        "generate", help="write synthetic sample events and catalog into the data folder"
+    )
     gen.add_argument("--users", type=int, default=20_000)
     gen.add_argument("--days", type=int, default=30)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--end-date", type=dt.date.fromisoformat, default=None, help="default: yesterday (UTC)")
+    gen.add_argument(
+        "--end-date", type=dt.date.fromisoformat, default=None, help="default: yesterday (UTC)"
+    )
     gen.add_argument("--items", type=int, default=2_000)
     gen.add_argument("--categories", type=int, default=20)
     gen.set_defaults(func=cmd_generate)
@@ -129,12 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="turn an interactions file into canonical events")
     imp.add_argument("file", help="interactions: ratings, clicks or purchases")
-    imp.add_argument("--map", required=True,
-                     help="user_id=COL,item_id=COL,event_time=COL[,event_type=COL,session_id=COL,"
-                          "device_type=COL,session_duration_s=COL,revenue=COL,rating=COL]")
+    imp.add_argument(
+        "--map",
+        required=True,
+        help="user_id=COL,item_id=COL,event_time=COL[,event_type=COL,session_id=COL,"
+        "device_type=COL,session_duration_s=COL,revenue=COL,rating=COL]",
+    )
     imp.add_argument("--items", required=True, help="item file with each item's category")
-    imp.add_argument("--item-map", default="item_id=item_id,category=category",
-                     help="item_id=COL,category=COL of the item file")
+    imp.add_argument(
+        "--item-map",
+        default="item_id=item_id,category=category",
+        help="item_id=COL,category=COL of the item file",
+    )
     imp.add_argument("--event-type", default="click", help="event type when none is mapped")
     imp.add_argument("--min-rating", type=float, default=None, help="drop rows rated below this")
     imp.add_argument("--overwrite", action="store_true", help="replace catalog and daily files")
@@ -146,13 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable summary")
     show.add_argument("--as-of", type=dt.date.fromisoformat, default=None)
     show.set_defaults(func=cmd_ledger_show)
-    verify = ledger_sub.add_parser("verify", help="check the hash chain; exit 1 on any inconsistency")
+    verify = ledger_sub.add_parser(
+        "verify", help="check the hash chain; exit 1 on any inconsistency"
+    )
     verify.set_defaults(func=cmd_ledger_verify)
 
     opt_out = sub.add_parser("opt-out", help="manage opt-outs (excluded from the next release on)")
     opt_sub = opt_out.add_subparsers(dest="opt_out_command", required=True)
-    for name, help_text in (("add", "exclude users from every release from the next one on"),
-                            ("remove", "include users again from the next release on")):
+    for name, help_text in (
+        ("add", "exclude users from every release from the next one on"),
+        ("remove", "include users again from the next release on"),
+    ):
         cmd = opt_sub.add_parser(name, help=help_text)
         cmd.add_argument("user_ids", nargs="+", metavar="USER_ID")
         cmd.set_defaults(func=cmd_opt_out)

@@ -15,10 +15,25 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from cohort_pipeline.assets import cohorts, experiments, governance, ingest, metrics, privacy, ranking, risk
+from cohort_pipeline.assets import (
+    cohorts,
+    experiments,
+    governance,
+    ingest,
+    metrics,
+    privacy,
+    ranking,
+    risk,
+)
 from cohort_pipeline.assets.common import DAILY
 from cohort_pipeline.engines import engine_for
-from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, data_dir, policy_path
+from cohort_pipeline.resources import (
+    LedgerResource,
+    PipelineResource,
+    WarehouseResource,
+    data_dir,
+    policy_path,
+)
 from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 
 ASSET_MODULES = [ingest, cohorts, privacy, metrics, ranking, experiments, governance]
@@ -28,7 +43,9 @@ def resources_for(data: Path | str | None = None, policy: Path | str | None = No
     """The embedded setup: DuckDB files in the data folder. Another engine swaps this dict."""
     data = Path(data or data_dir())
     return {
-        "pipeline": PipelineResource(data_dir=str(data), policy_path=str(policy or policy_path(data))),
+        "pipeline": PipelineResource(
+            data_dir=str(data), policy_path=str(policy or policy_path(data))
+        ),
         "warehouse": WarehouseResource(
             path=str(data / "warehouse.duckdb"),
             memory_limit=os.environ.get("COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT", ""),

@@ -28,7 +28,9 @@ def project(target: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     Bisection on the shift t in clip(target + t, lo, hi); requires sum(lo) <= 1 <= sum(hi).
     """
     if lo.sum() > 1 + 1e-12 or hi.sum() < 1 - 1e-12:
-        raise ValueError(f"no weights fit the bounds: sum(lo)={lo.sum():.4f}, sum(hi)={hi.sum():.4f}")
+        raise ValueError(
+            f"no weights fit the bounds: sum(lo)={lo.sum():.4f}, sum(hi)={hi.sum():.4f}"
+        )
     a, b = (lo - target).min() - 1.0, (hi - target).max() + 1.0
     for _ in range(100):
         mid = (a + b) / 2
@@ -39,8 +41,9 @@ def project(target: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip(target + (a + b) / 2, lo, hi)
 
 
-def ranking_weights(affinity: pd.DataFrame, sizes: pd.DataFrame, previous: pd.DataFrame | None,
-                    policy: Policy) -> pd.DataFrame:
+def ranking_weights(
+    affinity: pd.DataFrame, sizes: pd.DataFrame, previous: pd.DataFrame | None, policy: Policy
+) -> pd.DataFrame:
     """Per cohort x category: weight (sums to 1 per cohort), boost (weight / global share),
     shrinkage (the global profile's part) and previous_weight (NaN without a previous)."""
     g = global_profile(affinity, sizes)
@@ -50,28 +53,49 @@ def ranking_weights(affinity: pd.DataFrame, sizes: pd.DataFrame, previous: pd.Da
         raise ValueError(
             f"policy key `ranking.fairness_floor` ({floor}) times {len(categories)} categories must be below 1"
         )
-    prev = {} if previous is None else {
-        key: grp.set_index("category")["weight"].reindex(categories) for key, grp in previous.groupby("cohort_key")
-    }
+    prev = (
+        {}
+        if previous is None
+        else {
+            key: grp.set_index("category")["weight"].reindex(categories)
+            for key, grp in previous.groupby("cohort_key")
+        }
+    )
     rows = []
     for row in sizes.itertuples():
-        share = affinity[affinity["cohort_key"] == row.cohort_key].set_index("category")["share"].reindex(categories)
+        share = (
+            affinity[affinity["cohort_key"] == row.cohort_key]
+            .set_index("category")["share"]
+            .reindex(categories)
+        )
         n = max(row.noisy_users, 0.0)
         lam = policy.shrinkage / (n + policy.shrinkage) if n + policy.shrinkage > 0 else 1.0
         target = (1 - lam) * share.to_numpy() + lam * g.to_numpy()
         target = floor + (1 - floor * len(categories)) * target
         before = prev.get(row.cohort_key)
         if before is None or before.isna().any():
-            lo, hi, before_values = np.full(len(categories), floor), np.ones(len(categories)), np.full(len(categories), np.nan)
+            lo, hi, before_values = (
+                np.full(len(categories), floor),
+                np.ones(len(categories)),
+                np.full(len(categories), np.nan),
+            )
         else:
             before_values = before.to_numpy()
             lo = np.maximum(floor, before_values - policy.max_change)
             hi = np.maximum(before_values + policy.max_change, lo)
         weight = project(target, lo, hi)
-        rows.append(pd.DataFrame({
-            "cohort_key": row.cohort_key, "category": categories, "weight": weight,
-            "boost": weight / np.maximum(g.to_numpy(), 1e-12), "shrinkage": lam, "previous_weight": before_values,
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "cohort_key": row.cohort_key,
+                    "category": categories,
+                    "weight": weight,
+                    "boost": weight / np.maximum(g.to_numpy(), 1e-12),
+                    "shrinkage": lam,
+                    "previous_weight": before_values,
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 

@@ -29,7 +29,9 @@ from cohort_pipeline.privacy.ledger import BudgetCap
 def md_table(frame: pd.DataFrame, digits: int = 6) -> str:
     if frame.empty:
         return "_(none)_"
-    return frame.to_markdown(index=False, floatfmt=f".{digits}g")
+    # Cohort keys hold '|', which would split a Markdown table cell.
+    escaped = frame.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return escaped.to_markdown(index=False, floatfmt=f".{digits}g")
 
 
 # -- budget -----------------------------------------------------------------------------------

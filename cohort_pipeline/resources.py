@@ -102,10 +102,18 @@ class WarehouseResource(ConfigurableResource):
         """A random key kept in the private schema, created on first use (e.g. to key the
         published data version so it cannot be used to test guesses about the data)."""
         with self.connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS private.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)")
-            con.execute("INSERT INTO private.secrets VALUES (?, ?) ON CONFLICT DO NOTHING",
-                        [name, secrets.token_hex(32)])
-            return bytes.fromhex(con.execute("SELECT value FROM private.secrets WHERE name = ?", [name]).fetchall()[0][0])
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS private.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)"
+            )
+            con.execute(
+                "INSERT INTO private.secrets VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [name, secrets.token_hex(32)],
+            )
+            return bytes.fromhex(
+                con.execute("SELECT value FROM private.secrets WHERE name = ?", [name]).fetchall()[
+                    0
+                ][0]
+            )
 
     def read(self, sql: str, params=None) -> pd.DataFrame:
         with self.connect() as con:
@@ -119,8 +127,13 @@ def _read(con, sql, params=None) -> pd.DataFrame:
         return pd.DataFrame()  # the table does not exist yet: nothing stored
 
 
-def replace_partition(con: duckdb.DuckDBPyConnection, table: str, release_date: str,
-                      rows: pd.DataFrame | str, **constants: str) -> None:
+def replace_partition(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    release_date: str,
+    rows: pd.DataFrame | str,
+    **constants: str,
+) -> None:
     """Atomically replace `table`'s rows for one release date with `rows` (a DataFrame or a
     SQL query), adding `release_date` and any constant columns."""
     if isinstance(rows, pd.DataFrame):

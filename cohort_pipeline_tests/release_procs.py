@@ -159,10 +159,11 @@ def run_release(
 
 
 def hold_file(path: str, seconds: float, out: str) -> None:
-    """Child body: hold `path` open read-write (DuckDB's process lock) for `seconds`."""
-    import duckdb
+    """Child body: hold `path` open read-write (DuckDB's process lock) for `seconds`, like a
+    notebook or another run would."""
+    from cohort_pipeline.resources import connect_with_retry
 
-    con = duckdb.connect(path)
+    con = connect_with_retry(path, timeout_s=120)  # a release may have opened it first
     start = time.time()
     time.sleep(seconds)
     con.close()

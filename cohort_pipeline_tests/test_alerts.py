@@ -161,7 +161,8 @@ def test_alerts_are_recorded_posted_once_and_survive_a_failing_webhook(tmp_path,
 def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, monkeypatch):
     monkeypatch.setenv(alerts.WEBHOOK_ENV, webhook.url)
     # One release spends epsilon 1 of a cap of 1.2: 83% used.
-    write_policy(small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 1.2})
+    one = {"cohorts.min_size": 50, "budget.epsilon_per_release": 1.0}
+    write_policy(small_dir, **one, **{"budget.epsilon_cap": 1.2})
     result = run_release(
         small_dir,
         selection=[
@@ -177,7 +178,7 @@ def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, mo
     assert checks["budget_below_80_percent"] is False and checks["budget_below_95_percent"] is True
     assert [(p["kind"], p["level"]) for _, p in webhook.received] == [("budget", "warn")]
     # A policy whose cap one release cannot fit: blocked, and the block is alerted.
-    write_policy(small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5})
+    write_policy(small_dir, **one, **{"budget.epsilon_cap": 0.5})
     blocked = run_release(small_dir, selection=["privacy_budget_ledger"])
     assert check_results(blocked)["budget_within_limit"] is False
     last = webhook.received[-1][1]

@@ -14,6 +14,7 @@ import shutil
 from types import SimpleNamespace
 
 import duckdb
+import pandas as pd
 import pytest
 import yaml
 from dagster import (
@@ -42,6 +43,7 @@ from cohort_pipeline_tests.conftest import (
 
 PREVIOUS_DATE = (dt.date.fromisoformat(RELEASE_DATE) - dt.timedelta(days=1)).isoformat()
 K = 50
+BUDGET = {"budget.epsilon_per_release": 1.0, "budget.epsilon_cap": 8.0}  # 2 releases: < 80%
 PLOTTED = (
     "epsilon_remaining",
     "budget_used",
@@ -74,12 +76,16 @@ def _sensor_requests(instance) -> list:
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
-    data = make_data_dir(tmp_path_factory.mktemp("governance") / "data", **{"cohorts.min_size": K})
+    data = make_data_dir(
+        tmp_path_factory.mktemp("governance") / "data", **{"cohorts.min_size": K, **BUDGET}
+    )
     instance = DagsterInstance.ephemeral()
     first = run_release(data, PREVIOUS_DATE, instance=instance)
     requests_after_first = _sensor_requests(instance)
     # Re-band engagement: most users change cohort, so released cohort shares shift.
-    write_policy(data, **{"cohorts.min_size": K, "cohorts.dimensions.engagement.edges": [2, 6]})
+    write_policy(
+        data, **{"cohorts.min_size": K, **BUDGET, "cohorts.dimensions.engagement.edges": [2, 6]}
+    )
     second = run_release(data, RELEASE_DATE, instance=instance)
     return SimpleNamespace(
         data=data,
@@ -96,7 +102,7 @@ def test_both_releases_pass_their_blocking_and_budget_checks(releases):
         assert result.success, checks
         for name in ("budget_within_limit", "min_cohort_size"):
             assert checks[name] is True
-        # One release of epsilon 1 against a cap of 8: far below 80%.
+        # At most two releases of epsilon 1 against a cap of 8: far below 80%.
         assert checks["budget_below_80_percent"] and checks["budget_below_95_percent"]
 
 
@@ -253,3 +259,20 @@ def test_automation_starts_dp_assets_only_after_blocking_checks_pass(small_dir):
     state = {"cursor": evaluate_automation_conditions(defs, instance, None, tick_time).cursor}
     assert requested_after(0.5) == (False, set())  # blocked: cohort_sizes must not start
     assert requested_after(8.0) == (True, {RELEASE_DATE})
+
+
+def test_coarsening_table_keeps_each_cohort_key_in_one_cell():
+    policy = load_policy(POLICY)
+    sizes = pd.DataFrame(
+        {
+            "cohort_key": ["low|recent|*", "mid|none|mobile"],
+            "members": ["low|recent|mobile;low|recent|desktop", "mid|none|mobile"],
+            "noisy_users": [250.5, 900.0],
+        }
+    )
+    table = reports.md_table(reports.coarsened_cohorts(sizes, policy))
+    rows = table.splitlines()[2:]
+    assert len(rows) == 1  # only the merged cohort
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", rows[0])[1:-1]]
+    reason = f"members' noisy sizes below k = {policy.min_size}"
+    assert cells == [r"low\|recent\|*", "2", "device", "250.5", reason]

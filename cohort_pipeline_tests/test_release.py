@@ -3,7 +3,6 @@
 import duckdb
 import numpy as np
 import pandas as pd
-import pytest
 from dagster import AssetKey, DagsterInstance
 
 from cohort_pipeline.policy import MEASURED_ASSETS

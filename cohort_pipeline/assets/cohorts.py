@@ -1,6 +1,5 @@
 """Group cohorts (private zone): bounded per-user profiles and the user -> cohort map."""
 
-
 from datetime import date
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
@@ -32,8 +31,12 @@ from cohort_pipeline.resources import PipelineResource, WarehouseResource, repla
     "values; also each user's L2-bounded category and item vectors (private.user_categories, "
     "private.user_items).",
 )
-def user_profiles(context: AssetExecutionContext, pipeline: PipelineResource,
-                  warehouse: WarehouseResource, engine: BoundingEngine):
+def user_profiles(
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    engine: BoundingEngine,
+):
     policy = pipeline.policy()
     release_date = context.partition_key
     version = data_version_of(warehouse, "private.ingest_report", release_date)
@@ -57,7 +60,10 @@ def user_profiles(context: AssetExecutionContext, pipeline: PipelineResource,
                 replace_partition(con, table, release_date, sql, data_version=version)
         schema = con.execute("DESCRIBE SELECT * FROM private.user_profiles").fetchall()
     return MaterializeResult(
-        metadata={**private_metadata("private.user_profiles", {r[0]: r[1] for r in schema}), "data_version": version}
+        metadata={
+            **private_metadata("private.user_profiles", {r[0]: r[1] for r in schema}),
+            "data_version": version,
+        }
     )
 
 
@@ -84,6 +90,10 @@ def cohort_assignments(context: AssetExecutionContext, warehouse: WarehouseResou
             data_version=version,
         )
     return MaterializeResult(
-        metadata={**private_metadata("private.cohort_assignments", {"user_id": "VARCHAR", "cohort_key": "VARCHAR"}),
-                  "data_version": version}
+        metadata={
+            **private_metadata(
+                "private.cohort_assignments", {"user_id": "VARCHAR", "cohort_key": "VARCHAR"}
+            ),
+            "data_version": version,
+        }
     )

@@ -46,7 +46,9 @@ class Owner:
 
 
 # Release dates: one partition per day from the policy's (or environment's) start date.
-DAILY = DailyPartitionsDefinition(start_date=load_policy(policy_path()).partitions_start.isoformat())
+DAILY = DailyPartitionsDefinition(
+    start_date=load_policy(policy_path()).partitions_start.isoformat()
+)
 
 # DP assets: materialize automatically once upstream is updated, but only if every blocking
 # check upstream (budget_within_limit, min_cohort_size, ...) passed: a failed check stops
@@ -73,9 +75,13 @@ def table_preview(frame: pd.DataFrame, digits: int = 3) -> MetadataValue:
 
 def data_version_of(warehouse: WarehouseResource, table: str, release_date: str) -> str:
     """The input data version a private table was computed from, for this release date."""
-    found = warehouse.read(f"SELECT DISTINCT data_version FROM {table} WHERE release_date = ?", [release_date])
+    found = warehouse.read(
+        f"SELECT DISTINCT data_version FROM {table} WHERE release_date = ?", [release_date]
+    )
     if found.empty:
-        raise Failure(f"{table} has no rows for {release_date}: materialize its upstream assets for this date first")
+        raise Failure(
+            f"{table} has no rows for {release_date}: materialize its upstream assets for this date first"
+        )
     if len(found) > 1:
         raise Failure(f"{table} mixes data versions for {release_date}: re-materialize the release")
     return str(found.iloc[0, 0])
@@ -92,11 +98,19 @@ class Release:
     ledger_seq: int
 
     def stamp(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.assign(policy_hash=self.policy.hash, data_version=self.data_version, ledger_seq=self.ledger_seq)
+        return frame.assign(
+            policy_hash=self.policy.hash, data_version=self.data_version, ledger_seq=self.ledger_seq
+        )
 
 
-def admitted_release(context, asset: str, pipeline: PipelineResource, warehouse: WarehouseResource,
-                     ledger: LedgerResource, source: str) -> Release:
+def admitted_release(
+    context,
+    asset: str,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
+    source: str,
+) -> Release:
     """Refuse unless the ledger holds this release's reservation for `asset`.
 
     Dagster's blocking checks only hold within one run, so every DP asset guards itself: a
@@ -126,11 +140,14 @@ def release_lock(warehouse: WarehouseResource) -> Iterator[None]:
         yield
 
 
-def stored_release(warehouse: WarehouseResource, table: str, release: Release) -> pd.DataFrame | None:
+def stored_release(
+    warehouse: WarehouseResource, table: str, release: Release
+) -> pd.DataFrame | None:
     """The values already released under this very reservation, if any (consistent releases:
     re-running an unchanged release must return them, never fresh noise)."""
     stored = warehouse.read(
-        f"SELECT * FROM {table} WHERE release_date = ? AND ledger_seq = ?", [release.release_date, release.ledger_seq]
+        f"SELECT * FROM {table} WHERE release_date = ? AND ledger_seq = ?",
+        [release.release_date, release.ledger_seq],
     )
     return None if stored.empty else stored.drop(columns=["release_date"])
 
@@ -149,7 +166,9 @@ def released_plan(warehouse: WarehouseResource, release: Release) -> pd.DataFram
     return plan.drop(columns=["release_date"])
 
 
-def write_release(warehouse: WarehouseResource, table: str, release: Release, frame: pd.DataFrame) -> pd.DataFrame:
+def write_release(
+    warehouse: WarehouseResource, table: str, release: Release, frame: pd.DataFrame
+) -> pd.DataFrame:
     stamped = release.stamp(frame)
     with warehouse.connect() as con:
         replace_partition(con, table, release.release_date, stamped)

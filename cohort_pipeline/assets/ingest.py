@@ -1,12 +1,18 @@
 """Group ingest (private zone): opt-outs and validated events of a release window."""
 
-
 from datetime import date
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from cohort_pipeline.assets.common import CODE_VERSION, DAILY, PRIVATE_TAGS, Group, Owner, private_metadata
+from cohort_pipeline.assets.common import (
+    CODE_VERSION,
+    DAILY,
+    PRIVATE_TAGS,
+    Group,
+    Owner,
+    private_metadata,
+)
 from cohort_pipeline.ingest import COLUMNS, load_window
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
@@ -31,7 +37,9 @@ def read_opt_outs(path) -> pd.DataFrame:
     pool="warehouse",
     description="Users who opted out (opt_outs.csv), as of this release: excluded before anything else.",
 )
-def opt_outs(context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource):
+def opt_outs(
+    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
+):
     pipeline.policy()  # the first step: a bad policy stops the release before any data is read
     frame = read_opt_outs(pipeline.opt_outs_path)
     with warehouse.connect() as con:
@@ -51,29 +59,55 @@ def opt_outs(context: AssetExecutionContext, pipeline: PipelineResource, warehou
     description="Validated events of the release window (lookback_days ending on the release date); "
     "bad rows quarantined in private.rejected_events with a reason.",
 )
-def raw_events(context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource):
+def raw_events(
+    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
+):
     policy = pipeline.policy()
     release_date = context.partition_key
     first, _, last = window(policy, date.fromisoformat(release_date))
     catalog = str(pipeline.catalog_path).replace("'", "''")
     key = warehouse.secret("data_version")
     with warehouse.connect() as con:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)"
+        )
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current_opt_outs AS "
             f"SELECT user_id FROM private.opt_outs WHERE release_date = DATE '{release_date}'"
         )
-        result = load_window(con, pipeline.events_dir, "catalog", "current_opt_outs", first, last,
-                             secret=key)
-        replace_partition(con, "private.raw_events", release_date, "SELECT * FROM window_events",
-                          data_version=result.data_version)
-        replace_partition(con, "private.rejected_events", release_date, "SELECT * FROM window_rejected",
-                          data_version=result.data_version)
-        replace_partition(con, "private.ingest_report", release_date, result.report,
-                          data_version=result.data_version)
-    context.log.info(f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
-                     f"{len(result.report)} files read (counts in private.ingest_report)")
+        result = load_window(
+            con, pipeline.events_dir, "catalog", "current_opt_outs", first, last, secret=key
+        )
+        replace_partition(
+            con,
+            "private.raw_events",
+            release_date,
+            "SELECT * FROM window_events",
+            data_version=result.data_version,
+        )
+        replace_partition(
+            con,
+            "private.rejected_events",
+            release_date,
+            "SELECT * FROM window_rejected",
+            data_version=result.data_version,
+        )
+        replace_partition(
+            con,
+            "private.ingest_report",
+            release_date,
+            result.report,
+            data_version=result.data_version,
+        )
+    context.log.info(
+        f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
+        f"{len(result.report)} files read (counts in private.ingest_report)"
+    )
     return MaterializeResult(
-        metadata={**private_metadata("private.raw_events", COLUMNS), "data_version": result.data_version,
-                  "window": f"{first} .. {last}", "files_read": len(result.report)},
+        metadata={
+            **private_metadata("private.raw_events", COLUMNS),
+            "data_version": result.data_version,
+            "window": f"{first} .. {last}",
+            "files_read": len(result.report),
+        },
     )

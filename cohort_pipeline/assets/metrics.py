@@ -1,6 +1,5 @@
 """Group metrics (release zone): DP cohort metrics, category affinity, and similarity."""
 
-
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
@@ -22,7 +21,12 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.assets.privacy import cohort_sizes
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
-from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, replace_partition
+from cohort_pipeline.resources import (
+    LedgerResource,
+    PipelineResource,
+    WarehouseResource,
+    replace_partition,
+)
 
 DP_ASSET = dict(
     partitions_def=DAILY,
@@ -54,23 +58,40 @@ def measured(context, asset_name, table, pipeline, warehouse, ledger, source, co
     "rate and sessions per user (Gaussian, zCDP), each with a 95% half-width. Table release.cohort_metrics.",
 )
 def cohort_metrics(
-    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
 ):
     def compute(release, plan):
-        profiles = warehouse.read("SELECT * FROM private.user_profiles WHERE release_date = ?", [release.release_date])
+        profiles = warehouse.read(
+            "SELECT * FROM private.user_profiles WHERE release_date = ?", [release.release_date]
+        )
         return release_cohort_metrics(profiles, plan, release.policy)
 
     _, metrics, reused = measured(
-        context, "cohort_metrics", "release.cohort_metrics", pipeline, warehouse, ledger,
-        "private.user_profiles", compute,
+        context,
+        "cohort_metrics",
+        "release.cohort_metrics",
+        pipeline,
+        warehouse,
+        ledger,
+        "private.user_profiles",
+        compute,
     )
     meta = {"reused_stored_release": reused, "noise_scale": float(metrics["noise_scale"].iloc[0])}
     for row in metrics.itertuples():
         meta[f"conversion_rate:{row.cohort_key}"] = float(row.conversion_rate)
     for col in ("mean_session_duration_s", "conversion_rate", "sessions_per_user"):
         meta[f"median_{col}_accuracy_95"] = float(metrics[f"{col}_accuracy_95"].median())
-    cols = ["cohort_key", "users", "mean_session_duration_s", "conversion_rate", "conversion_rate_accuracy_95",
-            "sessions_per_user"]
+    cols = [
+        "cohort_key",
+        "users",
+        "mean_session_duration_s",
+        "conversion_rate",
+        "conversion_rate_accuracy_95",
+        "sessions_per_user",
+    ]
     meta["cohort_metrics"] = table_preview(metrics[cols])
     return MaterializeResult(metadata=meta)
 
@@ -82,18 +103,34 @@ def cohort_metrics(
     "in L2 norm, Gaussian noise under zCDP). Table release.cohort_category_affinity.",
 )
 def cohort_category_affinity(
-    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
 ):
     def compute(release, plan):
         day = [release.release_date]
-        users = warehouse.read("SELECT user_id, value, category FROM private.user_categories WHERE release_date = ?", day)
-        assignments = warehouse.read("SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", day)
-        categories = sorted(pd.read_csv(pipeline.catalog_path, dtype=str)["category"].dropna().unique())
+        users = warehouse.read(
+            "SELECT user_id, value, category FROM private.user_categories WHERE release_date = ?",
+            day,
+        )
+        assignments = warehouse.read(
+            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", day
+        )
+        categories = sorted(
+            pd.read_csv(pipeline.catalog_path, dtype=str)["category"].dropna().unique()
+        )
         return release_cohort_affinity(users, assignments, plan, categories, release.policy)
 
     _, affinity, reused = measured(
-        context, "cohort_category_affinity", "release.cohort_category_affinity", pipeline, warehouse, ledger,
-        "private.cohort_assignments", compute,
+        context,
+        "cohort_category_affinity",
+        "release.cohort_category_affinity",
+        pipeline,
+        warehouse,
+        ledger,
+        "private.cohort_assignments",
+        compute,
     )
     top = affinity.sort_values("share", ascending=False).groupby("cohort_key").head(3)
     return MaterializeResult(
@@ -102,7 +139,9 @@ def cohort_category_affinity(
             "noise_scale": float(affinity["noise_scale"].iloc[0]),
             "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),
             "categories": int(affinity["category"].nunique()),
-            "top_categories": table_preview(top[["cohort_key", "category", "share", "accuracy_95"]]),
+            "top_categories": table_preview(
+                top[["cohort_key", "category", "share", "accuracy_95"]]
+            ),
         }
     )
 
@@ -115,9 +154,13 @@ def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:
     unit = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
     sim = unit @ unit.T
     keys = shares.index.to_numpy()
-    return pd.DataFrame({
-        "cohort_key": np.repeat(keys, len(keys)), "other_cohort_key": np.tile(keys, len(keys)), "similarity": sim.ravel()
-    })
+    return pd.DataFrame(
+        {
+            "cohort_key": np.repeat(keys, len(keys)),
+            "other_cohort_key": np.tile(keys, len(keys)),
+            "similarity": sim.ravel(),
+        }
+    )
 
 
 @asset(
@@ -134,7 +177,8 @@ def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:
 )
 def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResource):
     affinity = warehouse.read(
-        "SELECT * FROM release.cohort_category_affinity WHERE release_date = ?", [context.partition_key]
+        "SELECT * FROM release.cohort_category_affinity WHERE release_date = ?",
+        [context.partition_key],
     )
     if affinity.empty:
         raise Failure(f"release.cohort_category_affinity has no rows for {context.partition_key}")
@@ -142,5 +186,9 @@ def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResour
     with warehouse.connect() as con:
         replace_partition(con, "release.cohort_similarity", context.partition_key, sim)
     off = sim[sim["cohort_key"] != sim["other_cohort_key"]]["similarity"]
-    return MaterializeResult(metadata={"mean_similarity": float(off.mean()) if len(off) else 1.0,
-                                       "min_similarity": float(off.min()) if len(off) else 1.0})
+    return MaterializeResult(
+        metadata={
+            "mean_similarity": float(off.mean()) if len(off) else 1.0,
+            "min_similarity": float(off.min()) if len(off) else 1.0,
+        }
+    )

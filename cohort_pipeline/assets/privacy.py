@@ -1,7 +1,6 @@
 """Group privacy (release zone): the ledger reservation and DP cohort sizes, with their
 blocking checks `budget_within_limit` and `min_cohort_size`."""
 
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -9,7 +8,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 
@@ -31,7 +29,12 @@ from cohort_pipeline.assets.common import (
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
-from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, replace_partition
+from cohort_pipeline.resources import (
+    LedgerResource,
+    PipelineResource,
+    WarehouseResource,
+    replace_partition,
+)
 
 BUDGET_CHECK = "budget_within_limit"
 MIN_SIZE_CHECK = "min_cohort_size"
@@ -54,17 +57,25 @@ MIN_SIZE_CHECK = "min_cohort_size"
             description="The release's composed spend over any budget.window_days stays within budget.epsilon_cap; "
             "when it would not, nothing is spent and no DP asset of the release runs.",
         ),
-        *[AssetCheckSpec(name, asset="privacy_budget_ledger",
-                         description=f"WARN: the window's spend is below {share:.0%} of "
-                         "budget.epsilon_cap (else an alert is recorded and sent to "
-                         "$COHORT_PIPELINE_ALERT_WEBHOOK).")
-          for name, share in alerts.BUDGET_THRESHOLDS.items()],
+        *[
+            AssetCheckSpec(
+                name,
+                asset="privacy_budget_ledger",
+                description=f"WARN: the window's spend is below {share:.0%} of "
+                "budget.epsilon_cap (else an alert is recorded and sent to "
+                "$COHORT_PIPELINE_ALERT_WEBHOOK).",
+            )
+            for name, share in alerts.BUDGET_THRESHOLDS.items()
+        ],
     ],
     description="Atomic reservation of this release's privacy spend in ledger.privacy_spend, recorded before "
     "any noise is drawn. Re-running an unchanged release reuses its reservation and spends nothing.",
 )
 def privacy_budget_ledger(
-    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
@@ -76,9 +87,17 @@ def privacy_budget_ledger(
         if problem := budget_problem(policy):  # no release could ever fit: leave the ledger alone
             raise BudgetExceeded(problem)
         reservation = store.reserve(
-            release_date, measurements, policy_hash=policy.hash, data_version=version, run_id=context.run_id, cap=cap
+            release_date,
+            measurements,
+            policy_hash=policy.hash,
+            data_version=version,
+            run_id=context.run_id,
+            cap=cap,
         )
-        passed, reason = True, "reused an identical release's reservation" if reservation.reused else "reserved"
+        passed, reason = (
+            True,
+            "reused an identical release's reservation" if reservation.reused else "reserved",
+        )
     except BudgetExceeded as exc:
         passed, reason = False, str(exc)
         context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
@@ -88,10 +107,25 @@ def privacy_budget_ledger(
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
     for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
         context.log.error(error)
-    check_meta = {"epsilon_spent": spent, "epsilon_cap": policy.epsilon_cap, "window_days": policy.window_days,
-                  "composition": policy.composition, "reason": reason}
-    plan = [{"asset": m.asset, "mechanism": m.mechanism, "epsilon": m.spend.epsilon, "delta": m.spend.delta,
-             "rho": m.spend.rho, "sensitivity": m.sensitivity, "noise_scale": m.noise_scale} for m in measurements]
+    check_meta = {
+        "epsilon_spent": spent,
+        "epsilon_cap": policy.epsilon_cap,
+        "window_days": policy.window_days,
+        "composition": policy.composition,
+        "reason": reason,
+    }
+    plan = [
+        {
+            "asset": m.asset,
+            "mechanism": m.mechanism,
+            "epsilon": m.spend.epsilon,
+            "delta": m.spend.delta,
+            "rho": m.spend.rho,
+            "sensitivity": m.sensitivity,
+            "noise_scale": m.noise_scale,
+        }
+        for m in measurements
+    ]
     return MaterializeResult(
         metadata={
             "epsilon_per_release": policy.epsilon_per_release,
@@ -105,11 +139,18 @@ def privacy_budget_ledger(
             "measurements": table_preview(pd.DataFrame(plan), 6),
         },
         check_results=[
-            AssetCheckResult(check_name=BUDGET_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
-                             metadata=check_meta),
-            *[AssetCheckResult(check_name=name, passed=ok, severity=AssetCheckSeverity.WARN,
-                               metadata=meta)
-              for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)],
+            AssetCheckResult(
+                check_name=BUDGET_CHECK,
+                passed=passed,
+                severity=AssetCheckSeverity.ERROR,
+                metadata=check_meta,
+            ),
+            *[
+                AssetCheckResult(
+                    check_name=name, passed=ok, severity=AssetCheckSeverity.WARN, metadata=meta
+                )
+                for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)
+            ],
         ],
     )
 
@@ -137,9 +178,14 @@ def privacy_budget_ledger(
     "whose noisy size is below k are merged into their parents. Table release.cohort_sizes.",
 )
 def cohort_sizes(
-    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
 ):
-    release = admitted_release(context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_assignments")
+    release = admitted_release(
+        context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_assignments"
+    )
     policy = release.policy
     with release_lock(warehouse):
         sizes = stored_release(warehouse, "release.cohort_sizes", release)
@@ -154,10 +200,14 @@ def cohort_sizes(
         passed = smallest >= policy.min_size
         if passed and not reused:
             with warehouse.connect() as con:
-                replace_partition(con, "release.cohort_sizes", release.release_date, release.stamp(sizes))
+                replace_partition(
+                    con, "release.cohort_sizes", release.release_date, release.stamp(sizes)
+                )
     if not passed:
-        context.log.error(f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
-                          f"{smallest:.0f} < k = {policy.min_size}; nothing written")
+        context.log.error(
+            f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
+            f"{smallest:.0f} < k = {policy.min_size}; nothing written"
+        )
     coarsened = int((sizes["members"].str.count(";") > 0).sum())
     return MaterializeResult(
         metadata={
@@ -167,11 +217,20 @@ def cohort_sizes(
             "noise_scale": float(sizes["noise_scale"].iloc[0]),
             "accuracy_95": float(sizes["accuracy_95"].min()),
             "reused_stored_release": reused,
-            **{f"noisy_users:{row.cohort_key}": float(row.noisy_users) for row in sizes.itertuples()},
-            "cohort_sizes": table_preview(sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1),
+            **{
+                f"noisy_users:{row.cohort_key}": float(row.noisy_users)
+                for row in sizes.itertuples()
+            },
+            "cohort_sizes": table_preview(
+                sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1
+            ),
         },
         check_results=[
-            AssetCheckResult(check_name=MIN_SIZE_CHECK, passed=passed, severity=AssetCheckSeverity.ERROR,
-                             metadata={"min_noisy_size": smallest, "min_size": policy.min_size})
+            AssetCheckResult(
+                check_name=MIN_SIZE_CHECK,
+                passed=passed,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
+            )
         ],
     )

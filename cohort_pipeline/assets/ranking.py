@@ -1,7 +1,6 @@
 """Group ranking (release zone): ranking weights with their blocking checks, and top-N
 recommendations per cohort exported for serving."""
 
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -27,8 +26,19 @@ from cohort_pipeline.assets.common import (
 from cohort_pipeline.assets.metrics import cohort_category_affinity, measured
 from cohort_pipeline.assets.privacy import cohort_sizes
 from cohort_pipeline.privacy.release import release_item_popularity
-from cohort_pipeline.ranking import max_weight_change, ranking_weights as compute_weights, recommendations
-from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource, replace_partition
+from cohort_pipeline.ranking import (
+    max_weight_change,
+    recommendations,
+)
+from cohort_pipeline.ranking import (
+    ranking_weights as compute_weights,
+)
+from cohort_pipeline.resources import (
+    LedgerResource,
+    PipelineResource,
+    WarehouseResource,
+    replace_partition,
+)
 
 CHANGE_CHECK = "weight_change_within_limit"
 FLOOR_CHECK = "fairness_floor_met"
@@ -52,16 +62,26 @@ def _release_rows(warehouse, table, release_date):
     automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[cohort_category_affinity, cohort_sizes],
     check_specs=[
-        AssetCheckSpec(CHANGE_CHECK, asset="ranking_weights", blocking=True,
-                       description="No weight moves more than ranking.max_change from the previous release."),
-        AssetCheckSpec(FLOOR_CHECK, asset="ranking_weights", blocking=True,
-                       description="Every category keeps at least ranking.fairness_floor of every cohort's weight."),
+        AssetCheckSpec(
+            CHANGE_CHECK,
+            asset="ranking_weights",
+            blocking=True,
+            description="No weight moves more than ranking.max_change from the previous release.",
+        ),
+        AssetCheckSpec(
+            FLOOR_CHECK,
+            asset="ranking_weights",
+            blocking=True,
+            description="Every category keeps at least ranking.fairness_floor of every cohort's weight.",
+        ),
     ],
     description="Per cohort x category weights from the DP affinities: shrinkage toward the global profile "
     "(more for smaller cohorts), bounded change versus the previous release, fairness floor. "
     "Post-processing only. Table release.ranking_weights.",
 )
-def ranking_weights(context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource):
+def ranking_weights(
+    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
+):
     policy = pipeline.policy()
     release_date = context.partition_key
     affinity = _release_rows(warehouse, "release.cohort_category_affinity", release_date)
@@ -78,21 +98,35 @@ def ranking_weights(context: AssetExecutionContext, pipeline: PipelineResource, 
     # Checked values are stored before their checks run: store only weights that pass.
     if change_ok and floor_ok:
         with warehouse.connect() as con:
-            replace_partition(con, "release.ranking_weights", release_date,
-                              weights.assign(policy_hash=policy.hash))
+            replace_partition(
+                con,
+                "release.ranking_weights",
+                release_date,
+                weights.assign(policy_hash=policy.hash),
+            )
     return MaterializeResult(
         metadata={
             "max_weight_change": change,
             "min_weight": floor,
-            "previous_release": str(previous["release_date"].iloc[0]) if not previous.empty else "none",
+            "previous_release": str(previous["release_date"].iloc[0])
+            if not previous.empty
+            else "none",
             "mean_shrinkage": float(weights.groupby("cohort_key")["shrinkage"].first().mean()),
             "top_boosts": table_preview(weights.sort_values("boost", ascending=False).head(10)),
         },
         check_results=[
-            AssetCheckResult(check_name=CHANGE_CHECK, passed=change_ok, severity=AssetCheckSeverity.ERROR,
-                             metadata={"max_weight_change": change, "limit": policy.max_change}),
-            AssetCheckResult(check_name=FLOOR_CHECK, passed=floor_ok, severity=AssetCheckSeverity.ERROR,
-                             metadata={"min_weight": floor, "floor": policy.fairness_floor}),
+            AssetCheckResult(
+                check_name=CHANGE_CHECK,
+                passed=change_ok,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={"max_weight_change": change, "limit": policy.max_change},
+            ),
+            AssetCheckResult(
+                check_name=FLOOR_CHECK,
+                passed=floor_ok,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={"min_weight": floor, "floor": policy.fairness_floor},
+            ),
         ],
     )
 
@@ -111,7 +145,10 @@ def ranking_weights(context: AssetExecutionContext, pipeline: PipelineResource, 
     "Table release.cohort_recommendations, exported to exports/<date>/cohort_recommendations.csv.",
 )
 def cohort_recommendations(
-    context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource, ledger: LedgerResource
+    context: AssetExecutionContext,
+    pipeline: PipelineResource,
+    warehouse: WarehouseResource,
+    ledger: LedgerResource,
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
@@ -120,8 +157,11 @@ def cohort_recommendations(
     def compute(release, plan):
         # Summed per item in SQL: the same per-item vector release_item_popularity sums, without
         # pulling every (user, item) row into pandas (tens of millions at 100M events).
-        items = warehouse.read("SELECT item_id, sum(value) AS value FROM private.user_items "
-                               "WHERE release_date = ? GROUP BY item_id", [release_date])
+        items = warehouse.read(
+            "SELECT item_id, sum(value) AS value FROM private.user_items "
+            "WHERE release_date = ? GROUP BY item_id",
+            [release_date],
+        )
         catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
         popularity = release_item_popularity(items, catalog, release.policy)
         # Stored for experiment_report's popularity arm: same window, same budget.
@@ -129,8 +169,14 @@ def cohort_recommendations(
         return recommendations(weights, popularity, policy.top_n)
 
     _, recs, reused = measured(
-        context, "cohort_recommendations", "release.cohort_recommendations", pipeline, warehouse, ledger,
-        "private.user_items", compute,
+        context,
+        "cohort_recommendations",
+        "release.cohort_recommendations",
+        pipeline,
+        warehouse,
+        ledger,
+        "private.user_items",
+        compute,
     )
     path = pipeline.exports_dir(release_date) / "cohort_recommendations.csv"
     recs[["cohort_key", "rank", "item_id", "category", "score"]].to_csv(path, index=False)
@@ -140,6 +186,8 @@ def cohort_recommendations(
             "export": MetadataValue.path(str(path)),
             "cohorts": int(recs["cohort_key"].nunique()),
             "distinct_items": int(recs["item_id"].nunique()),
-            "top_items": table_preview(recs[recs["rank"] <= 3][["cohort_key", "rank", "item_id", "category", "score"]]),
+            "top_items": table_preview(
+                recs[recs["rank"] <= 3][["cohort_key", "rank", "item_id", "category", "score"]]
+            ),
         }
     )

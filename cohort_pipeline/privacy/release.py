@@ -18,7 +18,6 @@ Everything after the noise (coarsening, ratios, clamping, shares) is post-proces
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import pandas as pd
@@ -90,7 +89,9 @@ def coarsen(noisy: pd.Series, policy: Policy) -> list[tuple[str, list[str], floa
             pools[parent] = (pooled + members, total + n)
         pending = []
         for parent, (members, n) in sorted(pools.items()):
-            siblings = sorted((c for c in released if _drop(c[0], dropped) == parent), key=lambda c: (c[2], c[0]))
+            siblings = sorted(
+                (c for c in released if _drop(c[0], dropped) == parent), key=lambda c: (c[2], c[0])
+            )
             for sibling in siblings:
                 if n >= k:
                     break
@@ -282,4 +283,7 @@ def budget_cap(policy: Policy) -> BudgetCap:
 
 def planned_measurements(policy: Policy) -> list[Measurement]:
     """The ledger rows one release reserves, before any noise is drawn."""
-    return [Measurement(asset, m.name, m.spend, m.sensitivity, m.scale) for asset, m in mechanisms(policy).items()]
+    return [
+        Measurement(asset, m.name, m.spend, m.sensitivity, m.scale)
+        for asset, m in mechanisms(policy).items()
+    ]
