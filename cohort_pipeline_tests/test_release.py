@@ -100,13 +100,20 @@ def test_cap_below_one_release_blocks_everything_and_spends_nothing(small_dir):
     }
 
 
-def test_min_size_above_population_blocks_metrics(small_dir):
+def test_min_size_above_population_blocks_metrics_and_a_retry_draws_nothing_new(small_dir):
     write_policy(small_dir, **{"cohorts.min_size": 1_000_000})
     result = run_release(small_dir)
     assert not result.success
     assert check_results(result)["min_cohort_size"] is False
     assert release_rows(small_dir, "cohort_sizes").empty
     assert release_rows(small_dir, "cohort_metrics").empty
+    published = result.asset_materializations_for_node("cohort_sizes")[0].metadata
+    assert not any(key.startswith("noisy_users") for key in published)
+    # A retry under the same reservation reuses the refused draw: no averaging of redraws.
+    query = f"SELECT noisy_users FROM private.cohort_size_draws WHERE release_date = DATE '{RELEASE_DATE}'"
+    draw = read(small_dir / "warehouse.duckdb", query)
+    assert not run_release(small_dir).success
+    pd.testing.assert_frame_equal(read(small_dir / "warehouse.duckdb", query), draw)
 
 
 def test_dp_asset_launched_alone_after_a_blocked_release_refuses(small_dir):

@@ -25,6 +25,7 @@ from cohort_pipeline.assets.common import (
     release_lock,
     stored_release,
     table_preview,
+    write_release,
 )
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
@@ -33,11 +34,11 @@ from cohort_pipeline.resources import (
     LedgerResource,
     PipelineResource,
     WarehouseResource,
-    replace_partition,
 )
 
 BUDGET_CHECK = "budget_within_limit"
 MIN_SIZE_CHECK = "min_cohort_size"
+SIZE_DRAWS = "private.cohort_size_draws"
 
 
 @asset(
@@ -188,7 +189,9 @@ def cohort_sizes(
     )
     policy = release.policy
     with release_lock(warehouse):
-        sizes = stored_release(warehouse, "release.cohort_sizes", release)
+        # Every draw is kept (privately) under its reservation, even when the check below
+        # refuses it, so a retry reuses it instead of drawing again (no averaging).
+        sizes = stored_release(warehouse, SIZE_DRAWS, release)
         reused = sizes is not None
         if not reused:
             assignments = warehouse.read(
@@ -196,17 +199,26 @@ def cohort_sizes(
                 [release.release_date],
             )
             sizes = release_cohort_sizes(assignments, policy)
+            write_release(warehouse, SIZE_DRAWS, release, sizes)
         smallest = float(sizes["noisy_users"].min())
         passed = smallest >= policy.min_size
-        if passed and not reused:
-            with warehouse.connect() as con:
-                replace_partition(
-                    con, "release.cohort_sizes", release.release_date, release.stamp(sizes)
-                )
+        if passed:
+            write_release(warehouse, "release.cohort_sizes", release, sizes)
     if not passed:
         context.log.error(
             f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
-            f"{smallest:.0f} < k = {policy.min_size}; nothing written"
+            f"{smallest:.0f} < k = {policy.min_size}; nothing released"
+        )
+        return MaterializeResult(
+            metadata={"released_cohorts": 0, "reused_stored_draw": reused},
+            check_results=[
+                AssetCheckResult(
+                    check_name=MIN_SIZE_CHECK,
+                    passed=False,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
+                )
+            ],
         )
     coarsened = int((sizes["members"].str.count(";") > 0).sum())
     return MaterializeResult(
@@ -228,7 +240,7 @@ def cohort_sizes(
         check_results=[
             AssetCheckResult(
                 check_name=MIN_SIZE_CHECK,
-                passed=passed,
+                passed=True,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
             )

@@ -12,8 +12,9 @@ For each mechanism of `release.mechanisms(policy)`, with its real calibrated sca
    (one call per run costs ~0.1-0.3 ms of FFI overhead, which is most of the work).
 3. A threshold attack, "guess D' when the output exceeds t": t is chosen on the first half
    of the runs and evaluated on the second half, so selection does not bias the bound.
-4. Clopper-Pearson bounds (one-sided, alpha/2 each, joint confidence 1 - alpha) on the
-   attack's error rates turn into lower bounds on the privacy parameters:
+4. Clopper-Pearson bounds on the attack's error rates (one-sided, alpha/4 each: the four
+   intervals behind the two bounds below hold together with confidence 1 - alpha) turn into
+   lower bounds on the privacy parameters:
    - epsilon: any (epsilon, delta)-DP mechanism has TPR <= e^eps FPR + delta and
      TNR <= e^eps FNR + delta, so eps >= log((1 - delta - FNR) / FPR), and symmetrically;
      delta is the one the ledger records (0 for Laplace).
@@ -175,7 +176,9 @@ def audit_outputs(
     d: np.ndarray, d1: np.ndarray, delta: float, alpha: float = ALPHA
 ) -> tuple[float, float]:
     """(epsilon lower bound, rho lower bound) from outputs on D and D' (equal lengths):
-    thresholds picked on the first half, Clopper-Pearson bounds on the second."""
+    thresholds picked on the first half, Clopper-Pearson bounds on the second. Each bound
+    uses two one-sided intervals at alpha/4, so both hold together with confidence 1 - alpha."""
+    each = alpha / 4
     half = len(d) // 2
     test_d, test_d1 = np.sort(d[half:]), np.sort(d1[half:])
     n = len(test_d)
@@ -185,10 +188,10 @@ def audit_outputs(
         fp = int(_counts_above(test_d, np.array([t]))[0])
         tp = int(_counts_above(test_d1, np.array([t]))[0])
         if which == "epsilon":
-            fpr_hi, fnr_hi = cp_upper(fp, n, alpha / 2), cp_upper(n - tp, n, alpha / 2)
+            fpr_hi, fnr_hi = cp_upper(fp, n, each), cp_upper(n - tp, n, each)
             bounds.append(epsilon_bound(fpr_hi, fnr_hi, delta))
         else:
-            bounds.append(rho_bound(cp_lower(tp, n, alpha / 2), cp_upper(fp, n, alpha / 2)))
+            bounds.append(rho_bound(cp_lower(tp, n, each), cp_upper(fp, n, each)))
     return bounds[0], bounds[1]
 
 
