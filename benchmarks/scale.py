@@ -6,7 +6,8 @@ For each size: generates the sample (streaming, once; reused while the files exi
 release graph in a fresh child process (in-process executor, as the daily job does) and
 samples the child's whole process tree for peak RSS. Then, in another child, runs the plain
 DuckDB floor: the same per-cohort aggregates straight from the validated events, with no
-bounding and no noise. Writes results/scale.json, results/scale.md and results/scale.png.
+bounding and no noise. Writes results/scale.json, results/scale.md and results/scale.png
+(`--name` renames them).
 
 DuckDB's memory limit and temp directory come from COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT and
 COHORT_PIPELINE_DUCKDB_TEMP_DIR (defaults below), as in production.
@@ -277,6 +278,7 @@ def main() -> int:
     parser.add_argument("data", nargs="?")
     parser.add_argument("--sizes", nargs="+", default=list(USERS), choices=list(USERS))
     parser.add_argument("--out")
+    parser.add_argument("--name", default="scale", help="results/<name>.{json,md,png}")
     args = parser.parse_args()
     if args.mode != "bench":
         child = child_release if args.mode == "child-release" else child_plain
@@ -292,10 +294,10 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
         # Written after every size: the 100M run is long and partial results still count.
-        (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2))
-        (RESULTS / "scale.md").write_text(markdown(rows, env))
-        plot(rows, RESULTS / "scale.png")
-    print((RESULTS / "scale.md").read_text())
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2))
+        (RESULTS / f"{args.name}.md").write_text(markdown(rows, env))
+        plot(rows, RESULTS / f"{args.name}.png")
+    print((RESULTS / f"{args.name}.md").read_text())
     return 0
 
 

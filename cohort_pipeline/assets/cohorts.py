@@ -5,11 +5,10 @@ from datetime import date
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from cohort_pipeline.assets.common import (
-    CODE_VERSION,
-    DAILY,
-    PRIVATE_TAGS,
+    PRIVATE,
     Group,
     Owner,
+    asset_args,
     data_version_of,
     private_metadata,
 )
@@ -19,13 +18,7 @@ from cohort_pipeline.resources import PipelineResource, WarehouseResource, repla
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.COHORTS,
-    owners=[Owner.DATA],
-    kinds={"duckdb"},
-    tags=PRIVATE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.COHORTS, Owner.DATA, PRIVATE, {"duckdb"}),
     deps=[raw_events],
     description="Per-user bands (engagement, purchase recency, primary device) and contribution-bounded "
     "values; also each user's L2-bounded category and item vectors (private.user_categories, "
@@ -68,13 +61,7 @@ def user_profiles(
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.COHORTS,
-    owners=[Owner.DATA],
-    kinds={"duckdb"},
-    tags=PRIVATE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.COHORTS, Owner.DATA, PRIVATE, {"duckdb"}),
     deps=[user_profiles],
     description="user -> cohort key (one full key of the policy's public key set per user).",
 )

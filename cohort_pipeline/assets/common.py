@@ -57,8 +57,23 @@ AFTER_BLOCKING_CHECKS = (
     AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("eager_after_blocking_checks")
 
-PRIVATE_TAGS = {"zone": "private"}
-RELEASE_TAGS = {"zone": "release"}
+PRIVATE, RELEASE = "private", "release"  # zones (design §1), shown as the asset tag `zone`
+
+
+def asset_args(
+    group: str, owner: str, zone: str, kinds: set[str], pool: str = "warehouse", daily: bool = True
+) -> dict:
+    """What every asset's spec shares: group, owner, zone, kinds, code version and the
+    concurrency pool of the file it writes; daily-partitioned by release date unless not."""
+    args = dict(
+        group_name=group,
+        owners=[owner],
+        kinds=kinds,
+        tags={"zone": zone},
+        code_version=CODE_VERSION,
+        pool=pool,
+    )
+    return {**args, "partitions_def": DAILY} if daily else args
 
 
 def private_metadata(table: str, columns: pd.DataFrame | dict) -> dict:

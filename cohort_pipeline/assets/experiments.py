@@ -6,12 +6,11 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from cohort_pipeline.assets.common import (
-    CODE_VERSION,
-    DAILY,
-    RELEASE_TAGS,
+    RELEASE,
     Group,
     Owner,
     admitted_release,
+    asset_args,
     stored_release,
     write_release,
 )
@@ -96,13 +95,7 @@ def _stability(
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.EXPERIMENTS,
-    owners=[Owner.RANKING],
-    kinds={"duckdb", "opendp"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.EXPERIMENTS, Owner.RANKING, RELEASE, {"duckdb", "opendp"}),
     deps=[cohort_recommendations],
     description=f"The ranking released {EVAL_DAYS} days earlier, evaluated on users' events "
     "since then (temporal split): cohort arm vs popularity arm (DP popularity of the same "

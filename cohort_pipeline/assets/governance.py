@@ -25,10 +25,10 @@ from cohort_pipeline import alerts, reports
 from cohort_pipeline.assets import experiments
 from cohort_pipeline.assets.common import (
     CODE_VERSION,
-    DAILY,
-    RELEASE_TAGS,
+    RELEASE,
     Group,
     Owner,
+    asset_args,
     data_version_of,
 )
 from cohort_pipeline.assets.metrics import (
@@ -45,12 +45,10 @@ from cohort_pipeline.resources import LedgerResource, PipelineResource, Warehous
 DRIFT_CHECK = "release_drift"
 DENSITY_CHECK = "cohort_density"
 
-GOVERNANCE = dict(
-    group_name=Group.GOVERNANCE,
-    owners=[Owner.PRIVACY],
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-)
+
+def governance_args(kinds: set[str], daily: bool = True) -> dict:
+    # Reports read released tables and write exports only: no warehouse pool.
+    return asset_args(Group.GOVERNANCE, Owner.PRIVACY, RELEASE, kinds, pool=None, daily=daily)
 
 
 def git_commit() -> str | None:
@@ -106,9 +104,7 @@ def release_rows(warehouse: WarehouseResource, table: str, release_date: str) ->
 
 
 @asset(
-    **GOVERNANCE,
-    partitions_def=DAILY,
-    kinds={"markdown", "duckdb"},
+    **governance_args({"markdown", "duckdb"}),
     deps=[
         privacy_budget_ledger,
         cohort_sizes,
@@ -175,8 +171,7 @@ def audit_report(
 
 
 @asset(
-    **GOVERNANCE,
-    kinds={"markdown", "html"},
+    **governance_args({"markdown", "html"}, daily=False),
     description="A plain-language privacy notice for users, generated from the policy: what is "
     "used, the cohort dimensions, the minimum cohort size, what epsilon means here, how to opt "
     "out. Written to exports/privacy_notice.md and a standalone exports/privacy_notice.html.",
@@ -216,9 +211,7 @@ def experiment_uplift(warehouse: WarehouseResource, release_date: str) -> dict:
 
 
 @asset(
-    **GOVERNANCE,
-    partitions_def=DAILY,
-    kinds={"markdown", "duckdb"},
+    **governance_args({"markdown", "duckdb"}),
     deps=[
         privacy_budget_ledger,
         cohort_sizes,

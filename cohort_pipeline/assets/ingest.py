@@ -6,11 +6,10 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from cohort_pipeline.assets.common import (
-    CODE_VERSION,
-    DAILY,
-    PRIVATE_TAGS,
+    PRIVATE,
     Group,
     Owner,
+    asset_args,
     private_metadata,
 )
 from cohort_pipeline.ingest import COLUMNS, load_window
@@ -28,13 +27,7 @@ def read_opt_outs(path) -> pd.DataFrame:
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.INGEST,
-    owners=[Owner.DATA],
-    kinds={"duckdb", "csv"},
-    tags=PRIVATE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.INGEST, Owner.DATA, PRIVATE, {"duckdb", "csv"}),
     description="Users who opted out (opt_outs.csv), as of this release: excluded before anything else.",
 )
 def opt_outs(
@@ -48,13 +41,7 @@ def opt_outs(
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.INGEST,
-    owners=[Owner.DATA],
-    kinds={"duckdb", "parquet"},
-    tags=PRIVATE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.INGEST, Owner.DATA, PRIVATE, {"duckdb", "parquet"}),
     deps=[opt_outs],
     description="Validated events of the release window (lookback_days ending on the release date); "
     "bad rows quarantined in private.rejected_events with a reason.",

@@ -7,12 +7,11 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from cohort_pipeline.assets.cohorts import cohort_assignments, user_profiles
 from cohort_pipeline.assets.common import (
     AFTER_BLOCKING_CHECKS,
-    CODE_VERSION,
-    DAILY,
-    RELEASE_TAGS,
+    RELEASE,
     Group,
     Owner,
     admitted_release,
+    asset_args,
     release_lock,
     released_plan,
     stored_release,
@@ -29,13 +28,7 @@ from cohort_pipeline.resources import (
 )
 
 DP_ASSET = dict(
-    partitions_def=DAILY,
-    group_name=Group.METRICS,
-    owners=[Owner.PRIVACY],
-    kinds={"duckdb", "opendp"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.METRICS, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
 )
 
@@ -164,13 +157,7 @@ def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.METRICS,
-    owners=[Owner.RANKING],
-    kinds={"duckdb", "pandas"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.METRICS, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
     deps=[cohort_category_affinity],
     description="Cosine similarity between cohorts' DP category profiles (post-processing, no budget). "
     "Table release.cohort_similarity.",

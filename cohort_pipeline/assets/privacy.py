@@ -15,12 +15,11 @@ from cohort_pipeline import alerts
 from cohort_pipeline.assets.cohorts import cohort_assignments
 from cohort_pipeline.assets.common import (
     AFTER_BLOCKING_CHECKS,
-    CODE_VERSION,
-    DAILY,
-    RELEASE_TAGS,
+    RELEASE,
     Group,
     Owner,
     admitted_release,
+    asset_args,
     data_version_of,
     release_lock,
     stored_release,
@@ -42,13 +41,7 @@ SIZE_DRAWS = "private.cohort_size_draws"
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.PRIVACY,
-    owners=[Owner.PRIVACY],
-    kinds={"duckdb"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="ledger",
+    **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb"}, pool="ledger"),
     deps=[cohort_assignments],
     check_specs=[
         AssetCheckSpec(
@@ -157,13 +150,7 @@ def privacy_budget_ledger(
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.PRIVACY,
-    owners=[Owner.PRIVACY],
-    kinds={"duckdb", "opendp"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[privacy_budget_ledger, cohort_assignments],
     check_specs=[

@@ -15,11 +15,10 @@ from dagster import (
 
 from cohort_pipeline.assets.common import (
     AFTER_BLOCKING_CHECKS,
-    CODE_VERSION,
-    DAILY,
-    RELEASE_TAGS,
+    RELEASE,
     Group,
     Owner,
+    asset_args,
     table_preview,
     write_release,
 )
@@ -52,13 +51,7 @@ def _release_rows(warehouse, table, release_date):
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.RANKING,
-    owners=[Owner.RANKING],
-    kinds={"duckdb", "pandas"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[cohort_category_affinity, cohort_sizes],
     check_specs=[
@@ -132,13 +125,7 @@ def ranking_weights(
 
 
 @asset(
-    partitions_def=DAILY,
-    group_name=Group.RANKING,
-    owners=[Owner.RANKING],
-    kinds={"duckdb", "opendp", "csv"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
-    pool="warehouse",
+    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[ranking_weights],
     description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "

@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from cohort_pipeline import risk
-from cohort_pipeline.assets.common import CODE_VERSION, RELEASE_TAGS, Group, Owner
+from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args
 from cohort_pipeline.resources import PipelineResource
 
 BOUND_CHECK = "attacks_within_bound"
@@ -25,11 +25,10 @@ class RiskReportConfig(Config):
 
 
 @asset(
-    group_name=Group.GOVERNANCE,
-    owners=[Owner.PRIVACY],
-    kinds={"opendp", "pandas"},
-    tags=RELEASE_TAGS,
-    code_version=CODE_VERSION,
+    # Policy-only input, so not partitioned; it writes no file, so it queues on no pool.
+    **asset_args(
+        Group.GOVERNANCE, Owner.PRIVACY, RELEASE, {"opendp", "pandas"}, pool=None, daily=False
+    ),
     check_specs=[
         AssetCheckSpec(
             BOUND_CHECK,
