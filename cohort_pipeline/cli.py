@@ -64,21 +64,9 @@ def cmd_ledger_show(args) -> int:
     if rows.empty:
         print("(ledger is empty)")
         return 0
-    cols = [
-        "seq",
-        "release_date",
-        "asset",
-        "mechanism",
-        "epsilon",
-        "delta",
-        "rho",
-        "sensitivity",
-        "noise_scale",
-        "policy_hash",
-        "data_version",
-        "run_id",
-        "recorded_at",
-    ]
+    from cohort_pipeline.privacy.ledger import COLUMNS
+
+    cols = [c for c in COLUMNS if c not in ("prev_hash", "row_hash")]  # hashes: `ledger verify`
     print(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     return 0
 
