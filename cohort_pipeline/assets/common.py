@@ -61,7 +61,12 @@ PRIVATE, RELEASE = "private", "release"  # zones (design §1), shown as the asse
 
 
 def asset_args(
-    group: str, owner: str, zone: str, kinds: set[str], pool: str = "warehouse", daily: bool = True
+    group: str,
+    owner: str,
+    zone: str,
+    kinds: set[str],
+    pool: str | None = "warehouse",
+    daily: bool = True,
 ) -> dict:
     """What every asset's spec shares: group, owner, zone, kinds, code version and the
     concurrency pool of the file it writes; daily-partitioned by release date unless not."""
