@@ -4,10 +4,11 @@ logs), no file of the instance, no release table and no export holds a user id o
 count from the private tables.
 
 Exact counts are matched as whole numeric literals whose value is that integer ("412" or
-"412.0", never the "412" inside the noisy "412.37" or a hex id), and only counts >= 100:
-small integers (18 cohorts, 30 days, k, ranks, check counts) occur everywhere for public
-reasons, so matching them would only produce false positives, while a count >= 100 showing
-up verbatim is a leak until proven otherwise. Public numbers (policy values, run config) are
+"1412.0", never the "1412" inside the noisy "1412.37" or a hex id), and only counts >= 1000
+on the default 20k-user sample: smaller integers (cohorts, days, k, ranks, check counts, the
+number of distinct recommended items) occur for public reasons and collide with some exact
+count by chance (seen in CI at 100), while a count >= 1000 showing up verbatim is a leak
+until proven otherwise. Public numbers (policy values, run config) are
 excluded for the same reason. A literal that is a rounding of a released noisy cohort size
 at the literal's own precision (the metadata preview shows the noisy 122.04 as "122") is
 post-processing of a release, not a leak, and is not reported.
@@ -27,11 +28,14 @@ import numpy as np
 
 from cohort_pipeline_tests.conftest import RELEASE_DATE, REPO
 
-MIN_SCANNED_COUNT = 100
+MIN_SCANNED_COUNT = 1000
 RISK_TRIALS = 2000  # keeps privacy_risk_report quick inside the release run
 _WORDS = re.compile(rb"[A-Za-z0-9_]+")
 # A whole numeric literal: not part of a word, a decimal, a date (2026-11-28) or a time.
 _NUMBERS = re.compile(rb"(?<![\w.:-])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.:-])")
+# Process ids in Dagster's event records are public facts about this machine, not data;
+# on a fresh CI machine they are small enough to collide with a cohort count.
+_PIDS = re.compile(rb'"pid": ?\d+|pid: \d+|\(pid: \d+\)')
 
 
 def exact_secrets(warehouse: Path) -> tuple[set[str], dict[int, str]]:
@@ -83,12 +87,14 @@ def find_leaks(
     value rounds to."""
     found = {w.decode() for w in _WORDS.findall(blob)} & ids
     leaks = [f"user id {i}" for i in sorted(found)[:5]]
-    for literal in set(_NUMBERS.findall(blob)):
+    for match in _NUMBERS.finditer(_PIDS.sub(b'"pid": -', blob)):
+        literal = match.group()
         value = float(literal)
         if value.is_integer() and int(value) in counts:
             decimals = len(literal.split(b".")[1]) if b"." in literal else 0
             if not np.any(np.abs(released - value) <= 0.5 * 10.0**-decimals):
-                leaks.append(f"{literal.decode()} = {counts[int(value)]}")
+                context = match.string[max(0, match.start() - 60) : match.end() + 20]
+                leaks.append(f"{literal.decode()} = {counts[int(value)]} in {context!r}")
     return leaks
 
 
@@ -120,12 +126,13 @@ def release_tables_csv(warehouse: Path) -> dict[str, bytes]:
 
 
 def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
-    small_dir, tmp_path
+    sample_dir, tmp_path
 ):
+    data_dir = sample_dir  # the default sample: its exact counts are large and distinctive
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "COHORT_PIPELINE_DATA_DIR": str(small_dir)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "COHORT_PIPELINE_DATA_DIR": str(data_dir)}
     env.pop("COHORT_PIPELINE_POLICY", None)
     config = {"ops": {"privacy_risk_report": {"config": {"trials": RISK_TRIALS}}}}
     run = subprocess.run(
@@ -136,8 +143,8 @@ def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
 
-    ids, counts = exact_secrets(small_dir / "warehouse.duckdb")
-    for value in public_numbers(small_dir / "policy.yaml"):
+    ids, counts = exact_secrets(data_dir / "warehouse.duckdb")
+    for value in public_numbers(data_dir / "policy.yaml"):
         counts.pop(value, None)
     counts = {v: what for v, what in counts.items() if v >= MIN_SCANNED_COUNT}
     assert len(ids) > 1000 and len(counts) > 20  # the scan has something to look for
@@ -147,11 +154,11 @@ def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
     assert ".db" in names, "no SQLite run/event storage found"
     assert any("compute_logs" in p.parts for p in storage), "no compute logs captured"
     scanned = {str(p.relative_to(tmp_path)): p.read_bytes() for p in storage}
-    scanned |= release_tables_csv(small_dir / "warehouse.duckdb")
-    scanned |= {str(p): p.read_bytes() for p in (small_dir / "exports").rglob("*") if p.is_file()}
+    scanned |= release_tables_csv(data_dir / "warehouse.duckdb")
+    scanned |= {str(p): p.read_bytes() for p in (data_dir / "exports").rglob("*") if p.is_file()}
     scanned["dagster CLI output"] = (run.stdout + run.stderr).encode()
 
-    released = released_sizes(small_dir / "warehouse.duckdb")
+    released = released_sizes(data_dir / "warehouse.duckdb")
     leaks = {
         name: found
         for name, blob in scanned.items()
@@ -160,7 +167,7 @@ def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
     assert not leaks, f"private values outside the private zone: {leaks}"
 
     # The scanner itself finds what it looks for: the private tables do hold them.
-    con = duckdb.connect(str(small_dir / "warehouse.duckdb"), read_only=True)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
     private = (
         con.execute(
             "SELECT cohort_key, count(*) AS n, min(user_id) FROM private.user_profiles GROUP BY ALL"

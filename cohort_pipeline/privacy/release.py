@@ -7,7 +7,7 @@ Neighbouring datasets differ by adding or removing one user (all their window ev
 | measurement              | mechanism | norm | sensitivity                 |
 |--------------------------|-----------|------|-----------------------------|
 | cohort_sizes             | laplace   | L1   | 1 (a user is in one cohort) |
-| cohort_metrics           | gaussian  | L2   | sqrt(3) (3 values in [0,1]) |
+| cohort_metrics           | gaussian  | L2   | sqrt(3)/2 (3 values in [-1/2, 1/2]) |
 | cohort_category_affinity | gaussian  | L2   | bounds.category_l2_norm     |
 | cohort_recommendations   | gaussian  | L2   | bounds.item_l2_norm         |
 | experiment_report        | gaussian  | L2   | 3 (9 values in [-1,1])      |
@@ -28,7 +28,9 @@ from cohort_pipeline.privacy.ledger import BudgetCap, Measurement
 from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace, ratio_accuracy95
 
 METRIC_COLUMNS = ("mean_duration_s", "converted", "sessions")  # per-user, bounded in bounding.py
-METRICS_SENSITIVITY = math.sqrt(len(METRIC_COLUMNS))
+# Each per-user value is scaled to [0, 1] and centred (minus 1/2): a user then moves each
+# cohort sum by at most 1/2, which halves the noise against uncentred sums.
+METRICS_SENSITIVITY = 0.5 * math.sqrt(len(METRIC_COLUMNS))
 # experiments.readout_vectors: per user, 9 values each in [-1, 1] (7 overall, 2 in one cohort).
 EXPERIMENT_SENSITIVITY = 3.0
 
@@ -167,9 +169,9 @@ def release_cohort_metrics(
 
     In: `profiles` from bounding.user_profiles_sql (one row per user, bounded values), and the
     plan from release_cohort_sizes (its noisy_users are the denominators: no extra budget).
-    Consumes the `cohort_metrics` share (Gaussian, L2 sensitivity sqrt(3) on the per-cohort
-    sums of mean_duration_s/hi, converted and sessions/max_sessions). Out: one row per
-    released cohort with users, the three means and a 95% half-width for each.
+    Consumes the `cohort_metrics` share (Gaussian, L2 sensitivity sqrt(3)/2 on the per-cohort
+    sums of mean_duration_s/hi, converted and sessions/max_sessions, each minus 1/2). Out: one
+    row per released cohort with users, the three means and a 95% half-width for each.
     """
     mechs = mechanisms(policy)
     mech = mechanism or mechs["cohort_metrics"]
@@ -177,7 +179,7 @@ def release_cohort_metrics(
     unit = {"mean_duration_s": hi, "converted": 1.0, "sessions": float(policy.max_sessions)}
     scaled = profiles.assign(released=_released_cohort(profiles, plan))
     for col in METRIC_COLUMNS:
-        scaled[col] = scaled[col] / unit[col]
+        scaled[col] = scaled[col] / unit[col] - 0.5
     sums = (
         scaled.groupby("released")[list(METRIC_COLUMNS)]
         .sum()
@@ -199,10 +201,11 @@ def release_cohort_metrics(
         "sessions": "sessions_per_user",
     }
     for j, col in enumerate(METRIC_COLUMNS):
-        value = np.clip(noisy[:, j] * unit[col] / n, *bounds[col])
+        centred = noisy[:, j] / n  # the noisy count's error scales with the centred mean
+        value = np.clip((centred + 0.5) * unit[col], *bounds[col])
         acc = [
-            ratio_accuracy95(v, mech.std * unit[col], d, s)
-            for v, d, s in zip(value, n, n_std, strict=True)
+            unit[col] * ratio_accuracy95(c, mech.std, d, s)
+            for c, d, s in zip(centred, n, n_std, strict=True)
         ]
         out[names[col]] = value
         out[f"{names[col]}_accuracy_95"] = acc
