@@ -191,21 +191,19 @@ def cohort_sizes(
         passed = smallest >= policy.min_size
         if passed:
             write_release(warehouse, "release.cohort_sizes", release, sizes)
+    check = AssetCheckResult(
+        check_name=MIN_SIZE_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
+    )
     if not passed:
         context.log.error(
             f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
             f"{smallest:.0f} < k = {policy.min_size}; nothing released"
         )
         return MaterializeResult(
-            metadata={"released_cohorts": 0, "reused_stored_draw": reused},
-            check_results=[
-                AssetCheckResult(
-                    check_name=MIN_SIZE_CHECK,
-                    passed=False,
-                    severity=AssetCheckSeverity.ERROR,
-                    metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
-                )
-            ],
+            metadata={"released_cohorts": 0, "reused_stored_draw": reused}, check_results=[check]
         )
     coarsened = int((sizes["members"].str.count(";") > 0).sum())
     return MaterializeResult(
@@ -224,12 +222,5 @@ def cohort_sizes(
                 sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1
             ),
         },
-        check_results=[
-            AssetCheckResult(
-                check_name=MIN_SIZE_CHECK,
-                passed=True,
-                severity=AssetCheckSeverity.ERROR,
-                metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
-            )
-        ],
+        check_results=[check],
     )
