@@ -193,3 +193,11 @@ def write_release(
     with warehouse.connect() as con:
         replace_partition(con, table, release.release_date, stamped)
     return stamped
+
+
+def release_rows(warehouse: WarehouseResource, table: str, release_date: str) -> pd.DataFrame:
+    """A released table's rows for one date; refuses when that date has none."""
+    rows = warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])
+    if rows.empty:
+        raise Failure(f"{table} has no rows for {release_date}: materialize it for this date first")
+    return rows

@@ -30,6 +30,7 @@ from cohort_pipeline.assets.common import (
     Owner,
     asset_args,
     data_version_of,
+    release_rows,
 )
 from cohort_pipeline.assets.metrics import (
     cohort_category_affinity,
@@ -94,13 +95,6 @@ def provenance(context: AssetExecutionContext) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def release_rows(warehouse: WarehouseResource, table: str, release_date: str) -> pd.DataFrame:
-    rows = warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])
-    if rows.empty:
-        raise Failure(f"{table} has no rows for {release_date}: materialize the release first")
-    return rows
 
 
 @asset(

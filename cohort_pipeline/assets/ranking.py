@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -19,6 +18,7 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     asset_args,
+    release_rows,
     table_preview,
     write_release,
 )
@@ -41,13 +41,6 @@ from cohort_pipeline.resources import (
 
 CHANGE_CHECK = "weight_change_within_limit"
 FLOOR_CHECK = "fairness_floor_met"
-
-
-def _release_rows(warehouse, table, release_date):
-    rows = warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])
-    if rows.empty:
-        raise Failure(f"{table} has no rows for {release_date}: materialize it for this date first")
-    return rows
 
 
 @asset(
@@ -77,8 +70,8 @@ def ranking_weights(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    affinity = _release_rows(warehouse, "release.cohort_category_affinity", release_date)
-    sizes = _release_rows(warehouse, "release.cohort_sizes", release_date)
+    affinity = release_rows(warehouse, "release.cohort_category_affinity", release_date)
+    sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
     previous = warehouse.read(
         "SELECT * FROM release.ranking_weights WHERE release_date = "
         "(SELECT max(release_date) FROM release.ranking_weights WHERE release_date < ?)",
@@ -139,7 +132,7 @@ def cohort_recommendations(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    weights = _release_rows(warehouse, "release.ranking_weights", release_date)
+    weights = release_rows(warehouse, "release.ranking_weights", release_date)
 
     def compute(release, plan):
         # Summed per item in SQL: the same per-item vector release_item_popularity sums, without
