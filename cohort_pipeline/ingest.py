@@ -136,18 +136,6 @@ def _typed_select(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     return f"SELECT '{_quote(path)}' AS source_file, {', '.join(parts)} FROM {_reader(path)}"
 
 
-def _stage(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
-    """Temp table `staged`: every row of every file, typed, tagged with its file."""
-    cols = ", ".join(f"{n} {t}, {n}_raw VARCHAR" for n, t in COLUMNS.items())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE staged (source_file VARCHAR, {cols})")
-    for path in files:
-        select = _typed_select(con, path)
-        try:
-            con.execute(f"INSERT INTO staged BY NAME {select}")
-        except duckdb.Error as exc:  # e.g. bad bytes past the sniffed sample
-            raise InputError(f"{path}: {_problem(exc)}") from exc
-
-
 def _missing(name: str) -> str:
     if COLUMNS[name] == "VARCHAR":
         return f"nullif(trim({name}), '') IS NULL"
@@ -186,47 +174,128 @@ def _row_reason() -> str:
     return "CASE " + " ".join(checks) + " END"
 
 
-def _classify(con, catalog: str, opt_outs: str, first: date, last: date, now) -> None:
-    """Temp table `classified`: staged rows with their outcome and (if quarantined) reason."""
+RAW_KEPT = [c for c, t in COLUMNS.items() if t != "VARCHAR"]
+
+
+def _checked(con, path: Path, file_no: int, catalog: str, opt_outs: str, first, last, now) -> str:
+    """SELECT of one file's rows with their outcome before deduplication and (if bad) reason."""
     start = f"TIMESTAMPTZ '{first} 00:00:00+00'"
     end = f"TIMESTAMPTZ '{last + timedelta(days=1)} 00:00:00+00'"
-    key = ", ".join(EVENT_KEY)
-    # Duplicates: among otherwise acceptable rows, keep one copy per event key; the order only
-    # breaks ties deterministically so the data version does not depend on file layout.
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE classified AS
+    return f"""
         WITH checked AS (
-            SELECT s.rowid AS row_id, s.*, {_time_reason(now)} AS time_reason,
-                   {_row_reason()} AS row_reason,
+            SELECT s.*, {_time_reason(now)} AS time_reason, {_row_reason()} AS row_reason,
                    coalesce(s.user_id IN (SELECT user_id FROM {opt_outs}), false) AS opted_out,
                    coalesce(s.event_time >= {start} AND s.event_time < {end}, false) AS in_window
-            FROM staged s
+            FROM ({_typed_select(con, path)}) s
             LEFT JOIN (SELECT DISTINCT item_id AS catalog_item FROM {catalog}) c
                    ON s.item_id = c.catalog_item
-        ),
-        candidates AS (
-            SELECT * FROM checked
-            WHERE NOT opted_out AND in_window AND time_reason IS NULL AND row_reason IS NULL
-        ),
-        repeated AS (SELECT {key} FROM candidates GROUP BY ALL HAVING count(*) > 1),
-        copies AS (
-            SELECT row_id FROM (
-                SELECT row_id, row_number() OVER (
-                    PARTITION BY {key}
-                    ORDER BY device_type, session_duration_s, revenue, source_file) AS copy
-                FROM candidates SEMI JOIN repeated USING ({key})
-            ) WHERE copy > 1
         )
-        SELECT c.*,
+        SELECT *, {file_no} AS file_no,
                CASE WHEN opted_out THEN 'opted_out'
                     WHEN time_reason IS NOT NULL THEN 'quarantined'
                     WHEN NOT in_window THEN 'out_of_window'
-                    WHEN row_reason IS NOT NULL OR d.row_id IS NOT NULL THEN 'quarantined'
+                    WHEN row_reason IS NOT NULL THEN 'quarantined'
                     ELSE 'accepted' END AS outcome,
-               coalesce(time_reason, row_reason,
-                        CASE WHEN d.row_id IS NOT NULL THEN 'duplicate event' END) AS reason
-        FROM checked c LEFT JOIN copies d USING (row_id)
+               coalesce(time_reason, row_reason) AS reason
+        FROM checked
+    """
+
+
+def _content() -> str:
+    """Order-independent fingerprint of rows' typed values: it adds up over files."""
+    return f"sum(hash({', '.join(COLUMNS)})::HUGEINT)"
+
+
+def _as_read() -> str:
+    """The columns of a quarantined row as read (text), from typed values and `<col>_raw`."""
+    return ", ".join(
+        f"coalesce({c}_raw, CAST({c} AS VARCHAR)) AS {c}" if c in RAW_KEPT else c for c in COLUMNS
+    )
+
+
+def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now) -> None:
+    """One pass per file: accepted candidates (typed, plus raw text only where it differs from
+    the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
+    into `window_rejected`, outcome counts and the accepted rows' content hash into
+    `file_outcomes`. Only one file's rows are held with all their columns at a time."""
+    typed = ", ".join(f"{n} {t}" for n, t in COLUMNS.items())
+    raw = ", ".join(f"{c}_raw VARCHAR" for c in RAW_KEPT)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE window_events ({typed}, file_no INTEGER, key_hash UBIGINT,"
+        f" {raw})"
+    )
+    as_text = ", ".join(f"{n} VARCHAR" for n in COLUMNS)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE window_rejected (source_file VARCHAR, reason VARCHAR,"
+        f" {as_text})"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE file_outcomes"
+        " (file_no INTEGER, outcome VARCHAR, n BIGINT, content HUGEINT)"
+    )
+    # NULL where the typed value prints as the text read (always for typed Parquet columns).
+    kept = ", ".join(
+        f"CASE WHEN {c}_raw IS DISTINCT FROM CAST({c} AS VARCHAR) THEN {c}_raw END"
+        for c in RAW_KEPT
+    )
+    for file_no, path in enumerate(files):
+        try:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE file_checked AS "
+                + _checked(con, path, file_no, catalog, opt_outs, first, last, now)
+            )
+        except duckdb.Error as exc:  # e.g. bad bytes past the sniffed sample
+            raise InputError(f"{path}: {_problem(exc)}") from exc
+        con.execute(f"""
+            INSERT INTO window_events
+            SELECT {", ".join(COLUMNS)}, file_no, hash({", ".join(EVENT_KEY)}), {kept}
+            FROM file_checked
+            WHERE outcome = 'accepted'
+        """)
+        con.execute(f"""
+            INSERT INTO window_rejected
+            SELECT source_file, reason, {_as_read()} FROM file_checked
+            WHERE outcome = 'quarantined'
+        """)
+        con.execute(f"""
+            INSERT INTO file_outcomes
+            SELECT file_no, outcome, count(*), {_content()} FILTER (outcome = 'accepted')
+            FROM file_checked GROUP BY ALL
+        """)
+    con.execute("DROP TABLE IF EXISTS file_checked")
+
+
+def _drop_duplicates(con) -> None:
+    """Among accepted candidates, keep one copy per event key; the others are quarantined as
+    'duplicate event'. The order only breaks ties deterministically so the data version does
+    not depend on file layout. Keys that may repeat are found by grouping their hashes (far
+    cheaper than grouping the five text columns of every row); only the rows of those keys are
+    then compared on the key itself."""
+    key = ", ".join(EVENT_KEY)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE repeated AS
+        SELECT key_hash FROM window_events GROUP BY key_hash HAVING count(*) > 1
     """)
+    # Usually none: then the candidates are not scanned again.
+    found = con.execute("SELECT count(*) > 0 FROM repeated").fetchone()[0]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE duplicates AS
+        SELECT * EXCLUDE (copy) FROM (
+            SELECT w.rowid AS row_id, w.*, f.source_file, row_number() OVER (
+                PARTITION BY {key}
+                ORDER BY device_type, session_duration_s, revenue, f.source_file) AS copy
+            FROM window_events w JOIN files_read f USING (file_no)
+            WHERE {found} AND key_hash IN (SELECT key_hash FROM repeated)
+        ) WHERE copy > 1
+    """)
+    con.execute(f"""
+        INSERT INTO window_rejected
+        SELECT source_file, 'duplicate event', {_as_read()} FROM duplicates
+    """)
+    if found:
+        con.execute("DELETE FROM window_events WHERE rowid IN (SELECT row_id FROM duplicates)")
+    for column in ["file_no", "key_hash", *(f"{c}_raw" for c in RAW_KEPT)]:
+        con.execute(f"ALTER TABLE window_events DROP COLUMN {column}")
 
 
 def load_window(
@@ -250,35 +319,36 @@ def load_window(
     now = now or pd.Timestamp.now(tz="UTC")
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, whoever opened `con`
     files = event_files(events_dir)
-    _stage(con, files)
-    _classify(con, catalog, opt_outs, first, last, now)
-    cols = ", ".join(COLUMNS)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE window_events AS
-        SELECT {cols} FROM classified WHERE outcome = 'accepted'
-    """)
-    raw_cols = ", ".join(
-        f"coalesce({c}_raw, CAST({c} AS VARCHAR)) AS {c}" if t != "VARCHAR" else c
-        for c, t in COLUMNS.items()
-    )
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE window_rejected AS
-        SELECT source_file, reason, {raw_cols} FROM classified WHERE outcome = 'quarantined'
-    """)
     # Every file appears, even one with no rows, so the report accounts for all input.
-    con.execute("CREATE OR REPLACE TEMP TABLE files_read (source_file VARCHAR)")
-    con.executemany("INSERT INTO files_read VALUES (?)", [[str(p)] for p in files])
-    counts = ", ".join(f"count(c.outcome) FILTER (c.outcome = '{o}') AS {o}" for o in OUTCOMES)
+    con.execute("CREATE OR REPLACE TEMP TABLE files_read (file_no INTEGER, source_file VARCHAR)")
+    con.executemany(
+        "INSERT INTO files_read VALUES (?, ?)", [[n, str(p)] for n, p in enumerate(files)]
+    )
+    _read_files(con, files, catalog, opt_outs, first, last, now)
+    _drop_duplicates(con)
+    counts = ", ".join(
+        f"CAST(coalesce(sum(o.n) FILTER (o.outcome = '{o}'), 0) AS BIGINT) AS {o}" for o in OUTCOMES
+    )
     report = con.execute(f"""
-        SELECT f.source_file, count(c.outcome) AS rows_read, {counts}
-        FROM files_read f LEFT JOIN classified c USING (source_file)
-        GROUP BY f.source_file ORDER BY f.source_file
+        WITH by_file AS (
+            SELECT f.source_file, CAST(coalesce(sum(o.n), 0) AS BIGINT) AS rows_read, {counts}
+            FROM files_read f LEFT JOIN file_outcomes o USING (file_no)
+            GROUP BY f.source_file
+        ),
+        dups AS (SELECT source_file, count(*) AS n FROM duplicates GROUP BY ALL)
+        SELECT source_file, rows_read, accepted - coalesce(d.n, 0) AS accepted,
+               quarantined + coalesce(d.n, 0) AS quarantined, opted_out, out_of_window
+        FROM by_file LEFT JOIN dups d USING (source_file)
+        ORDER BY source_file
     """).df()
     # Content fingerprint of exactly what the release uses (order-independent), plus the
-    # catalog: the same inputs give the same version however the files are laid out.
+    # catalog: the same inputs give the same version however the files are laid out. Summed
+    # from the per-file pass minus the duplicates, so the window is not scanned again.
     digest = con.execute(f"""
-        SELECT (SELECT count(*) FROM window_events),
-               (SELECT coalesce(sum(hash({cols})::HUGEINT), 0) FROM window_events),
+        SELECT (SELECT coalesce(sum(n) FILTER (outcome = 'accepted'), 0) FROM file_outcomes)
+                   - (SELECT count(*) FROM duplicates),
+               (SELECT coalesce(sum(content), 0) FROM file_outcomes)
+                   - (SELECT coalesce({_content()}, 0) FROM duplicates),
                (SELECT coalesce(sum(hash(item_id, category)::HUGEINT), 0) FROM {catalog})
     """).fetchall()[0]
     message = ":".join(map(str, digest)).encode()
