@@ -2,9 +2,9 @@
 
 from datetime import date
 
-import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
+from cohort_pipeline import optouts
 from cohort_pipeline.assets.common import (
     PRIVATE,
     Group,
@@ -17,15 +17,6 @@ from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
 
 
-def read_opt_outs(path) -> pd.DataFrame:
-    if not path.exists():
-        return pd.DataFrame({"user_id": pd.Series(dtype="string")})
-    frame = pd.read_csv(path, dtype=str)
-    if "user_id" not in frame.columns:
-        raise ValueError(f"{path}: needs a user_id column")
-    return frame[["user_id"]].dropna().drop_duplicates()
-
-
 @asset(
     **asset_args(Group.INGEST, Owner.DATA, PRIVATE, {"duckdb", "csv"}),
     description="Users who opted out (opt_outs.csv), as of this release: excluded before anything else.",
@@ -34,7 +25,7 @@ def opt_outs(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
     pipeline.policy()  # the first step: a bad policy stops the release before any data is read
-    frame = read_opt_outs(pipeline.opt_outs_path)
+    frame = optouts.read(pipeline.opt_outs_path)[["user_id"]]
     with warehouse.connect() as con:
         replace_partition(con, "private.opt_outs", context.partition_key, frame)
     return MaterializeResult(metadata=private_metadata("private.opt_outs", frame))
