@@ -32,12 +32,15 @@ from cohort_pipeline.privacy.bounding import user_profiles_sql, window  # noqa: 
 
 EPSILON, DELTA = 1.0, 1e-7
 STATS = ("users", "mean_duration_s", "converted", "sessions")
-SYSTEMS = [  # (name, interpreter, script)
-    ("cohort_pipeline", Path(sys.executable), "cohort_pipeline_peer.py"),
-    ("PipelineDP", HERE / ".venv-pipelinedp/bin/python", "pipelinedp_peer.py"),
-    ("OpenDP Polars", HERE / ".venv-opendp-polars/bin/python", "opendp_polars_peer.py"),
-    ("Tumult Analytics", HERE / ".venv-tumult/bin/python", "tumult_peer.py"),
-]
+SYSTEMS = [  # (name, interpreter, script, task settings of its own)
+    ("cohort_pipeline", Path(sys.executable), "cohort_pipeline_peer.py", {"composition": "zcdp"}),
+    # Our release under the same accounting as PipelineDP's (pure epsilon, basic composition).
+    ("cohort_pipeline-basic", Path(sys.executable), "cohort_pipeline_peer.py",
+     {"composition": "basic"}),
+    ("PipelineDP", HERE / ".venv-pipelinedp/bin/python", "pipelinedp_peer.py", {}),
+    ("OpenDP Polars", HERE / ".venv-opendp-polars/bin/python", "opendp_polars_peer.py", {}),
+    ("Tumult Analytics", HERE / ".venv-tumult/bin/python", "tumult_peer.py", {}),
+]  # fmt: skip
 
 
 def prepare(size: str, policy, work: Path) -> dict:
@@ -89,8 +92,8 @@ def score(result: dict, truth: dict) -> dict:
 def run_system(name: str, python: Path, script: str, spec: dict, work: Path) -> dict:
     if not python.exists():
         return {"system": name, "error": f"no environment at {python} (see benchmarks/README.md)"}
-    task_file = work / f"task-{script}.json"
-    task_file.write_text(json.dumps({**spec, "out": str(work / f"out-{script}.json")}))
+    task_file, out = work / f"task-{name}.json", work / f"out-{name}.json"
+    task_file.write_text(json.dumps({**spec, "out": str(out)}))
     # Run inside `work`: Spark-based peers leave a spark-warehouse/ folder where they start.
     proc = subprocess.run([str(python), str(HERE / "peers" / script), str(task_file)],
                           capture_output=True, text=True, cwd=work)  # fmt: skip
@@ -99,11 +102,12 @@ def run_system(name: str, python: Path, script: str, spec: dict, work: Path) -> 
             "system": name,
             "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
         }
-    return json.loads((work / f"out-{script}.json").read_text())
+    return json.loads(out.read_text())
 
 
 def markdown(size: str, users: int, rows: list[dict], repeats: int) -> str:
-    ours = next((r for r in rows if r.get("system") == "cohort_pipeline" and "time_s" in r), None)
+    ours = next((r for r in rows if r["system"].startswith("cohort_pipeline") and "time_s" in r),
+                None)  # fmt: skip
     lines = [
         f"{size} events ({users:,} users), {len(next(iter(rows))['truth_keys'])} cohorts, "
         f"epsilon={EPSILON}, delta={DELTA}, {repeats} repeats (time: median; error: median over "
@@ -132,7 +136,8 @@ def main() -> int:
     )
     parser.add_argument("--size", default="10M", choices=list(USERS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--systems", nargs="+", default=[s[0] for s in SYSTEMS])
+    parser.add_argument("--systems", nargs="+", default=[s[0] for s in SYSTEMS],
+                        choices=[s[0] for s in SYSTEMS])  # fmt: skip
     args = parser.parse_args()
     ensure_data(args.size)
     policy = load_policy(HERE.parent / "data" / "policy.yaml")
@@ -156,10 +161,10 @@ def main() -> int:
         "repeats": args.repeats,
     }
     rows = []
-    for name, python, script in SYSTEMS:
+    for name, python, script, settings in SYSTEMS:
         if name not in args.systems:
             continue
-        result = run_system(name, python, script, spec, work)
+        result = run_system(name, python, script, {**spec, **settings}, work)
         row = {**result, **score(result, truth)} if "error" not in result else result
         row.pop("releases", None)
         row["truth_keys"] = sorted(truth)

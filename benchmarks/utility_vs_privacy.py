@@ -54,15 +54,9 @@ def load(data: Path, ranked: str, release_date: str):
     wh = WarehouseResource(path=str(data / "warehouse.duckdb"))
     at = [ranked]
     inputs = RankingInputs(
-        wh.read(
-            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", at
-        ),
-        wh.read(
-            "SELECT user_id, category, value FROM private.user_categories WHERE release_date = ?",
-            at,
-        ),
-        wh.read(
-            "SELECT user_id, item_id, value FROM private.user_items WHERE release_date = ?", at
+        *(
+            wh.read(f"SELECT * FROM private.{table} WHERE release_date = ?", at)
+            for table in ("cohort_totals", "cohort_category_totals", "item_totals")
         ),
         pd.read_csv(data / "catalog.csv", dtype=str),
     )

@@ -288,11 +288,11 @@ class _NoNoise:
 
 @dataclass(frozen=True)
 class RankingInputs:
-    """The private per-user tables of one release (as in the warehouse) and the catalog."""
+    """The private per-key sums of one release (as in the warehouse) and the catalog."""
 
-    assignments: pd.DataFrame  # user_id, cohort_key
-    user_categories: pd.DataFrame  # user_id, category, value
-    user_items: pd.DataFrame  # user_id, item_id, value
+    cohort_totals: pd.DataFrame  # cohort_key, users, ...
+    category_totals: pd.DataFrame  # cohort_key, category, value
+    item_totals: pd.DataFrame  # item_id, value
     catalog: pd.DataFrame  # item_id, category
 
 
@@ -310,13 +310,11 @@ def replay_ranking(inputs: RankingInputs, policy: Policy, noise: bool = True) ->
     Tests and benchmarks only: it draws noise without the ledger, so nothing it returns
     may be stored as a release."""
     none = None if noise else _NoNoise()
-    plan = release_cohort_sizes(inputs.assignments, policy, none)
+    plan = release_cohort_sizes(inputs.cohort_totals, policy, none)
     categories = sorted(inputs.catalog["category"].unique())
-    affinity = release_cohort_affinity(
-        inputs.user_categories, inputs.assignments, plan, categories, policy, none
-    )
+    affinity = release_cohort_affinity(inputs.category_totals, plan, categories, policy, none)
     weights = ranking_weights(affinity, plan, None, policy)
-    popularity = release_item_popularity(inputs.user_items, inputs.catalog, policy, none)
+    popularity = release_item_popularity(inputs.item_totals, inputs.catalog, policy, none)
     return Ranking(plan, recommendations(weights, popularity, policy.top_n), popularity)
 
 

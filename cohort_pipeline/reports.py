@@ -22,7 +22,7 @@ import yaml
 from cohort_pipeline.ingest import COLUMNS as EVENT_COLUMNS
 from cohort_pipeline.policy import ALL, Policy
 from cohort_pipeline.privacy.accounting import Spend, compose
-from cohort_pipeline.privacy.bounding import user_categories_sql, user_items_sql, user_profiles_sql
+from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap
 
 
@@ -124,13 +124,7 @@ def coarsened_cohorts(sizes: pd.DataFrame, policy: Policy) -> pd.DataFrame:
 def columns_read(policy: Policy, release_date: date) -> pd.DataFrame:
     """Event columns available (the canonical schema) against those the per-user bounding SQL
     of a release reads: what any measurement can depend on."""
-    sql = " ".join(
-        (
-            user_profiles_sql(policy, release_date, "events"),
-            user_categories_sql(policy, "events", "catalog"),
-            user_items_sql(policy, "events"),
-        )
-    )
+    sql = " ".join(query for _, query in bounded_totals(policy, release_date, "events", "catalog"))
     return pd.DataFrame(
         {
             "column": list(EVENT_COLUMNS),

@@ -125,7 +125,7 @@ def _noisy_target_size(assignments: pd.DataFrame, policy: Policy, runs: int) -> 
     times. The attacker reads only this coordinate and the others' noise is independent of
     it, so drawing it alone is the same experiment; coarsening is post-processing (and the
     cohorts here are far above k)."""
-    exact = exact_cohort_counts(assignments, policy).iloc[0]
+    exact = exact_cohort_counts(assignments.assign(users=1.0), policy).iloc[0]
     return mechanisms(policy)["cohort_sizes"](np.full(runs, exact))
 
 
@@ -208,12 +208,12 @@ def singling_out_attack(policy: Policy, trials: int, seed: int = 0) -> list[Atta
             data = pd.concat([crowd, rare_others, _target(policy, rare, world)], ignore_index=True)
             g = []
             for _ in range(trials):
-                plan = release_cohort_sizes(data[["user_id", "cohort_key"]], pol)
+                plan = release_cohort_sizes(data.assign(users=1.0), pol)
                 row = _row_of(plan, rare)
                 members = plan["members"].iloc[row].split(";")
                 exact_n = int(data["cohort_key"].isin(members).sum())
                 isolated.append(exact_n <= ISOLATING_ROW)
-                metrics = release_cohort_metrics(data, plan, pol)
+                metrics = release_cohort_metrics(data.assign(users=1.0), plan, pol)
                 # Undo the ratio: rate x noisy size ~ the noisy conversion sum (post-processing).
                 noisy_sum = metrics["conversion_rate"].iloc[row] * max(
                     plan["noisy_users"].iloc[row], 1.0

@@ -204,10 +204,16 @@ def test_no_noise_reference_is_exact_and_dp_replays_are_noisy():
     )
     cats["value"] /= np.sqrt(cats.groupby("user_id")["value"].transform(lambda v: (v**2).sum()))
     assignments = pd.DataFrame({"user_id": users, "cohort_key": [keys[i % 4] for i in range(n)]})
-    inputs = RankingInputs(assignments, cats, items, catalog)
+    # The per-key sums user_profiles stores (bounding.bounded_totals), from these per-user rows.
+    totals = assignments.groupby("cohort_key").size().rename("users").reset_index()
+    category_totals = (
+        cats.merge(assignments).groupby(["cohort_key", "category"])["value"].sum().reset_index()
+    )
+    item_totals = items.groupby("item_id")["value"].sum().reset_index()
+    inputs = RankingInputs(totals, category_totals, item_totals, catalog)
     exact = replay_ranking(inputs, policy, noise=False)
     assert exact.recommendations.equals(replay_ranking(inputs, policy, noise=False).recommendations)
-    counts = inputs.assignments["cohort_key"].value_counts()
+    counts = assignments["cohort_key"].value_counts()
     sizes = exact.plan.set_index("cohort_key")["noisy_users"]
     assert all(sizes[k] == counts[k] for k in counts.index if k in sizes.index)
     noisy = replay_ranking(inputs, policy)

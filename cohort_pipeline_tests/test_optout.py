@@ -13,6 +13,7 @@ import pytest
 from cohort_pipeline import optouts
 from cohort_pipeline.cli import main
 from cohort_pipeline.policy import load_policy
+from cohort_pipeline.privacy.bounding import user_categories_sql
 from cohort_pipeline.privacy.release import exact_cohort_counts
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
@@ -75,7 +76,8 @@ def test_opted_out_user_is_excluded_from_every_exact_aggregate(small_dir, capsys
     events = _private(small_dir, "raw_events")
     # The most active user: the one whose removal changes the most.
     user = events["user_id"].value_counts().index[0]
-    before = {t: _private(small_dir, t) for t in ("cohort_assignments", "user_categories")}
+    sums = ("cohort_totals", "cohort_category_totals")
+    before = {t: _private(small_dir, t) for t in ("cohort_assignments", *sums)}
     cohort = before["cohort_assignments"].set_index("user_id").loc[user, "cohort_key"]
 
     assert main(["--data-dir", str(small_dir), "opt-out", "add", user]) == 0
@@ -83,24 +85,37 @@ def test_opted_out_user_is_excluded_from_every_exact_aggregate(small_dir, capsys
     assert user in capsys.readouterr().out
     assert run_release(small_dir, selection=PRIVATE_STEPS).success
 
-    after = {t: _private(small_dir, t) for t in ("cohort_assignments", "user_categories")}
-    for table in (
-        "raw_events",
-        "user_profiles",
-        "user_categories",
-        "user_items",
-        "cohort_assignments",
-    ):
+    after = {t: _private(small_dir, t) for t in sums}
+    for table in ("raw_events", "user_profiles", "cohort_assignments"):
         assert user not in set(_private(small_dir, table)["user_id"]), table
     assert len(_private(small_dir, "raw_events")) == len(events) - (events["user_id"] == user).sum()
     # Cohort sizes: exactly one fewer in the user's cohort, every other cohort unchanged.
-    delta = exact_cohort_counts(before["cohort_assignments"], policy) - exact_cohort_counts(
-        after["cohort_assignments"], policy
+    delta = exact_cohort_counts(before["cohort_totals"], policy) - exact_cohort_counts(
+        after["cohort_totals"], policy
     )
     assert delta[cohort] == 1 and delta.drop(cohort).eq(0).all()
-    # Category sums: exactly the user's own bounded vector removed.
-    own = before["user_categories"][before["user_categories"]["user_id"] == user]
-    sums = [f["user_categories"].groupby("category")["value"].sum() for f in (before, after)]
-    removed = (sums[0] - sums[1].reindex(sums[0].index, fill_value=0.0)).round(9)
-    expected = own.groupby("category")["value"].sum().reindex(removed.index, fill_value=0.0)
+    # Category sums: exactly the user's own bounded vector removed, from the user's cohort.
+    own = _bounded_categories(small_dir, events[events["user_id"] == user], policy)
+    keyed = [
+        f["cohort_category_totals"].set_index(["cohort_key", "category"])["value"]
+        for f in (before, after)
+    ]
+    removed = (keyed[0] - keyed[1].reindex(keyed[0].index, fill_value=0.0)).round(9)
+    expected = (
+        own.assign(cohort_key=cohort)
+        .set_index(["cohort_key", "category"])["value"]
+        .reindex(removed.index, fill_value=0.0)
+    )
+    assert removed.abs().sum() > 0
     pd.testing.assert_series_equal(removed, expected.round(9), check_names=False)
+
+
+def _bounded_categories(data, events: pd.DataFrame, policy) -> pd.DataFrame:
+    """The bounded category vector of `events`' users, by the bounding SQL itself."""
+    with duckdb.connect() as con:
+        con.register("events", events)
+        con.execute(
+            f"CREATE TABLE catalog AS SELECT * FROM read_csv('{data / 'catalog.csv'}', "
+            "all_varchar = true)"
+        )
+        return con.execute(user_categories_sql(policy, "events", "catalog")).df()

@@ -1,9 +1,10 @@
 """Every claimed sensitivity, checked by removing one user.
 
 Hypothesis generates small event sets (heavy users above `bounds.max_sessions`, empty cohorts,
-durations at and beyond the clamp bounds, items outside the catalog); the real DuckDB bounding
-SQL (privacy/bounding.py) turns them into per-user rows, and the real release functions
-aggregate them. A recording mechanism stands in for the noise, so we see exactly the vector
+durations at and beyond the clamp bounds, items outside the catalog); the real DuckDB engine
+runs the bounding SQL (privacy/bounding.py) into the per-key sums the assets store, and the
+real release functions aggregate those. Both compositions are checked: their mechanisms
+differ (Laplace with L1 sensitivities for counts and metrics under `basic`). A recording mechanism stands in for the noise, so we see exactly the vector
 each OpenDP measurement would receive, for D and for D minus each user in turn. The distance,
 in the mechanism's norm, must stay within the sensitivity it is calibrated with.
 """
@@ -17,19 +18,16 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.experiments import METRICS, release_readouts
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
 from cohort_pipeline.privacy import release_cohort_metrics, release_cohort_sizes
-from cohort_pipeline.privacy.bounding import (
-    user_categories_sql,
-    user_items_sql,
-    user_profiles_sql,
-    window,
-)
+from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.privacy.release import (
     mechanisms,
@@ -58,7 +56,7 @@ def small_policy() -> Policy:
 
 POL = small_policy()
 HI = POL.session_duration_s[1]
-MECHANISMS = mechanisms(POL)
+MECHANISMS = {c: mechanisms(replace(POL, composition=c)) for c in ("zcdp", "basic")}
 SQL_BOUNDED = (
     "cohort_sizes",
     "cohort_metrics",
@@ -138,54 +136,56 @@ class Warehouse:
         self.con.register("catalog", CATALOG)
 
     def bounded(self, without: str | None = None) -> dict[str, pd.DataFrame]:
-        """Per-user bounded tables of D, or of D minus user `without`."""
+        """The bounded tables the engine stores for D, or for D minus user `without`."""
         self.con.execute(
             "CREATE OR REPLACE TEMP TABLE events AS SELECT * FROM all_events"
             " WHERE user_id IS DISTINCT FROM ?",
             [without],
         )
-        return {
-            "profiles": self.con.execute(user_profiles_sql(POL, END, "events")).df(),
-            "categories": self.con.execute(user_categories_sql(POL, "events", "catalog")).df(),
-            "items": self.con.execute(user_items_sql(POL, "events")).df(),
-        }
+        with DuckDBEngine().bounded_tables(self.con, POL, END, "events", "catalog") as tables:
+            return {table: self.con.execute(sql).df() for table, sql in tables}
 
 
-def pre_noise_vectors(tables: dict[str, pd.DataFrame], plan: pd.DataFrame) -> dict[str, Recorder]:
+def pre_noise_vectors(
+    tables: dict[str, pd.DataFrame], plan: pd.DataFrame, composition: str = "zcdp"
+) -> dict[str, Recorder]:
     """Run every SQL-bounded release function with recorders; each keeps the exact vector
     its mechanism would have noised."""
-    rec = {asset: Recorder(MECHANISMS[asset]) for asset in SQL_BOUNDED}
-    profiles = tables["profiles"]
-    assignments = profiles[["user_id", "cohort_key"]]
-    release_cohort_sizes(assignments, POL, mechanism=rec["cohort_sizes"])
-    release_cohort_metrics(profiles, plan, POL, mechanism=rec["cohort_metrics"])
+    rec = {asset: Recorder(MECHANISMS[composition][asset]) for asset in SQL_BOUNDED}
+    totals = tables["private.cohort_totals"]
+    release_cohort_sizes(totals, POL, mechanism=rec["cohort_sizes"])
+    release_cohort_metrics(totals, plan, POL, mechanism=rec["cohort_metrics"])
     release_cohort_affinity(
-        tables["categories"], assignments, plan, CATEGORIES, POL,
+        tables["private.cohort_category_totals"], plan, CATEGORIES, POL,
         mechanism=rec["cohort_category_affinity"],
     )  # fmt: skip
-    release_item_popularity(tables["items"], CATALOG, POL, mechanism=rec["cohort_recommendations"])
+    release_item_popularity(
+        tables["private.item_totals"], CATALOG, POL, mechanism=rec["cohort_recommendations"]
+    )
     return rec
 
 
 def plan_for(tables: dict[str, pd.DataFrame], min_size: int) -> pd.DataFrame:
     """A coarsening plan (public, fixed for D and its neighbours): from exact counts here,
     with k chosen by hypothesis so that some cohorts are merged and some are not."""
-    sizes_only = Recorder(MECHANISMS["cohort_sizes"])
+    sizes_only = Recorder(MECHANISMS["zcdp"]["cohort_sizes"])
     return release_cohort_sizes(
-        tables["profiles"][["user_id", "cohort_key"]], replace(POL, min_size=min_size), sizes_only
+        tables["private.cohort_totals"], replace(POL, min_size=min_size), sizes_only
     )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(users=datasets, k=st.integers(0, 4))
-def test_removing_any_user_moves_every_pre_noise_vector_within_its_sensitivity(users, k):
+@given(users=datasets, k=st.integers(0, 4), composition=st.sampled_from(sorted(MECHANISMS)))
+def test_removing_any_user_moves_every_pre_noise_vector_within_its_sensitivity(
+    users, k, composition
+):
     events = events_frame(users)
     warehouse = Warehouse(events)
     full = warehouse.bounded()
     plan = plan_for(full, k)
-    before = pre_noise_vectors(full, plan)
+    before = pre_noise_vectors(full, plan, composition)
     for u in events["user_id"].unique():
-        after = pre_noise_vectors(warehouse.bounded(without=u), plan)
+        after = pre_noise_vectors(warehouse.bounded(without=u), plan, composition)
         for asset, rec in before.items():
             (x,), (y,) = rec.inputs, after[asset].inputs
             assert x.shape == y.shape, f"{asset}: the released key set depends on the data"
@@ -196,10 +196,11 @@ def test_removing_any_user_moves_every_pre_noise_vector_within_its_sensitivity(u
             )
 
 
-def test_a_maximal_user_reaches_the_sensitivity():
+@pytest.mark.parametrize("composition", sorted(MECHANISMS))
+def test_a_maximal_user_reaches_the_sensitivity(composition):
     """The bound is tight (so the tests above would see an off-by-2x): a heavy user with
     long sessions who converts, with one category and one item, moves every vector by exactly
-    the sensitivity."""
+    the sensitivity, in the norm of either composition's mechanism."""
     day_in_outcome = POL.lookback_days - 1
     heavy = [
         (day_in_outcome, "desktop", 2 * HI, [("purchase", "i0")]) for _ in range(MAX_SESSIONS + 2)
@@ -208,8 +209,8 @@ def test_a_maximal_user_reaches_the_sensitivity():
     warehouse = Warehouse(events_frame([*light, heavy]))
     full = warehouse.bounded()
     plan = plan_for(full, 0)
-    before = pre_noise_vectors(full, plan)
-    after = pre_noise_vectors(warehouse.bounded(without="u3"), plan)
+    before = pre_noise_vectors(full, plan, composition)
+    after = pre_noise_vectors(warehouse.bounded(without="u3"), plan, composition)
     for asset, rec in before.items():
         distance = rec.norm(rec.inputs[0] - after[asset].inputs[0])
         assert math.isclose(distance, rec.sensitivity, rel_tol=1e-9), (asset, distance)
@@ -251,7 +252,7 @@ def test_removing_any_user_moves_the_experiment_readouts_within_their_sensitivit
     )
 
     def readout_input(frame: pd.DataFrame) -> tuple[np.ndarray, Recorder]:
-        rec = Recorder(MECHANISMS["experiment_report"])
+        rec = Recorder(MECHANISMS["zcdp"]["experiment_report"])
         release_readouts(frame, keys, rec)
         return rec.inputs[0], rec
 

@@ -23,7 +23,12 @@ from cohort_pipeline.privacy.release import (
 from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir, run_release
 
 BOUNDING = ["opt_outs", "raw_events", "user_profiles"]
-TABLES = ("private.user_profiles", "private.user_categories", "private.user_items")
+TABLES = (
+    "private.user_profiles",
+    "private.cohort_totals",
+    "private.cohort_category_totals",
+    "private.item_totals",
+)
 # Spark and DuckDB may add a user's values in another order: allow the last bits of a double.
 RTOL = 1e-12
 
@@ -58,19 +63,18 @@ def bounded_tables(data_dir, engine: type, monkeypatch) -> dict[str, pd.DataFram
 def pre_noise_aggregates(tables: dict[str, pd.DataFrame], data_dir) -> dict[str, pd.DataFrame]:
     """Every vector the release would add noise to, computed by the release functions."""
     policy = load_policy(data_dir / "policy.yaml")
-    profiles = tables["private.user_profiles"]
-    assignments = profiles[["user_id", "cohort_key"]]
+    totals = tables["private.cohort_totals"]
     catalog = pd.read_csv(data_dir / "catalog.csv", dtype=str)
-    plan = release_cohort_sizes(assignments, policy, NoNoise())
+    plan = release_cohort_sizes(totals, policy, NoNoise())
     categories = sorted(catalog["category"].unique())
     return {
         "cohort_sizes": plan,
-        "cohort_metrics": release_cohort_metrics(profiles, plan, policy, NoNoise()),
+        "cohort_metrics": release_cohort_metrics(totals, plan, policy, NoNoise()),
         "cohort_category_affinity": release_cohort_affinity(
-            tables["private.user_categories"], assignments, plan, categories, policy, NoNoise()
+            tables["private.cohort_category_totals"], plan, categories, policy, NoNoise()
         ),
         "cohort_recommendations": release_item_popularity(
-            tables["private.user_items"], catalog, policy, NoNoise()
+            tables["private.item_totals"], catalog, policy, NoNoise()
         ),
     }
 

@@ -21,8 +21,8 @@ from cohort_pipeline.resources import PipelineResource, WarehouseResource, repla
     **asset_args(Group.COHORTS, Owner.DATA, PRIVATE, {"duckdb"}),
     deps=[raw_events],
     description="Per-user bands (engagement, purchase recency, primary device) and contribution-bounded "
-    "values; also each user's L2-bounded category and item vectors (private.user_categories, "
-    "private.user_items).",
+    "values (private.user_profiles); also the exact per-key sums of the bounded values that the DP "
+    "assets noise (private.cohort_totals, private.cohort_category_totals, private.item_totals).",
 )
 def user_profiles(
     context: AssetExecutionContext,
@@ -51,6 +51,9 @@ def user_profiles(
         with engine.bounded_tables(con, policy, day, "events", "catalog") as tables:
             for table, sql in tables:
                 replace_partition(con, table, release_date, sql, data_version=version)
+        # Earlier versions kept every user's category and item vectors; nothing reads them now.
+        for legacy in ("private.user_categories", "private.user_items"):
+            con.execute(f"DROP TABLE IF EXISTS {legacy}")
         schema = con.execute("DESCRIBE SELECT * FROM private.user_profiles").fetchall()
     return MaterializeResult(
         metadata={

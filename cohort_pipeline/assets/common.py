@@ -201,3 +201,9 @@ def release_rows(warehouse: WarehouseResource, table: str, release_date: str) ->
     if rows.empty:
         raise Failure(f"{table} has no rows for {release_date}: materialize it for this date first")
     return rows
+
+
+def private_totals(warehouse: WarehouseResource, table: str, release: Release) -> pd.DataFrame:
+    """One release's exact per-key sums from user_profiles (private: only a mechanism sees them).
+    Empty when the window has no users: every key then sums to 0."""
+    return warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release.release_date])

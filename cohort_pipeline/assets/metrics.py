@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from cohort_pipeline.assets.cohorts import cohort_assignments, user_profiles
+from cohort_pipeline.assets.cohorts import user_profiles
 from cohort_pipeline.assets.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
@@ -12,6 +12,7 @@ from cohort_pipeline.assets.common import (
     Owner,
     admitted_release,
     asset_args,
+    private_totals,
     release_lock,
     released_plan,
     stored_release,
@@ -57,10 +58,8 @@ def cohort_metrics(
     ledger: LedgerResource,
 ):
     def compute(release, plan):
-        profiles = warehouse.read(
-            "SELECT * FROM private.user_profiles WHERE release_date = ?", [release.release_date]
-        )
-        return release_cohort_metrics(profiles, plan, release.policy)
+        totals = private_totals(warehouse, "private.cohort_totals", release)
+        return release_cohort_metrics(totals, plan, release.policy)
 
     _, metrics, reused = measured(
         context,
@@ -69,7 +68,7 @@ def cohort_metrics(
         pipeline,
         warehouse,
         ledger,
-        "private.user_profiles",
+        "private.cohort_totals",
         compute,
     )
     meta = {"reused_stored_release": reused, "noise_scale": float(metrics["noise_scale"].iloc[0])}
@@ -91,7 +90,7 @@ def cohort_metrics(
 
 @asset(
     **DP_ASSET,
-    deps=[cohort_sizes, user_profiles, cohort_assignments],
+    deps=[cohort_sizes, user_profiles],
     description="DP engagement per released cohort x catalog category (each user's category vector bounded "
     "in L2 norm, Gaussian noise under zCDP). Table release.cohort_category_affinity.",
 )
@@ -102,18 +101,11 @@ def cohort_category_affinity(
     ledger: LedgerResource,
 ):
     def compute(release, plan):
-        day = [release.release_date]
-        users = warehouse.read(
-            "SELECT user_id, value, category FROM private.user_categories WHERE release_date = ?",
-            day,
-        )
-        assignments = warehouse.read(
-            "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?", day
-        )
+        totals = private_totals(warehouse, "private.cohort_category_totals", release)
         categories = sorted(
             pd.read_csv(pipeline.catalog_path, dtype=str)["category"].dropna().unique()
         )
-        return release_cohort_affinity(users, assignments, plan, categories, release.policy)
+        return release_cohort_affinity(totals, plan, categories, release.policy)
 
     _, affinity, reused = measured(
         context,
@@ -122,7 +114,7 @@ def cohort_category_affinity(
         pipeline,
         warehouse,
         ledger,
-        "private.cohort_assignments",
+        "private.cohort_category_totals",
         compute,
     )
     top = affinity.sort_values("share", ascending=False).groupby("cohort_key").head(3)

@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from cohort_pipeline import alerts
-from cohort_pipeline.assets.cohorts import cohort_assignments
+from cohort_pipeline.assets.cohorts import cohort_assignments, user_profiles
 from cohort_pipeline.assets.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
@@ -21,6 +21,7 @@ from cohort_pipeline.assets.common import (
     admitted_release,
     asset_args,
     data_version_of,
+    private_totals,
     release_lock,
     stored_release,
     table_preview,
@@ -152,7 +153,7 @@ def privacy_budget_ledger(
 @asset(
     **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[privacy_budget_ledger, cohort_assignments],
+    deps=[privacy_budget_ledger, cohort_assignments, user_profiles],
     check_specs=[
         AssetCheckSpec(
             MIN_SIZE_CHECK,
@@ -172,7 +173,7 @@ def cohort_sizes(
     ledger: LedgerResource,
 ):
     release = admitted_release(
-        context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_assignments"
+        context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_totals"
     )
     policy = release.policy
     with release_lock(warehouse):
@@ -181,11 +182,8 @@ def cohort_sizes(
         sizes = stored_release(warehouse, SIZE_DRAWS, release)
         reused = sizes is not None
         if not reused:
-            assignments = warehouse.read(
-                "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?",
-                [release.release_date],
-            )
-            sizes = release_cohort_sizes(assignments, policy)
+            totals = private_totals(warehouse, "private.cohort_totals", release)
+            sizes = release_cohort_sizes(totals, policy)
             write_release(warehouse, SIZE_DRAWS, release, sizes)
         smallest = float(sizes["noisy_users"].min())
         passed = smallest >= policy.min_size

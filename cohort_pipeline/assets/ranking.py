@@ -18,6 +18,7 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     asset_args,
+    private_totals,
     release_rows,
     table_preview,
     write_release,
@@ -135,13 +136,7 @@ def cohort_recommendations(
     weights = release_rows(warehouse, "release.ranking_weights", release_date)
 
     def compute(release, plan):
-        # Summed per item in SQL: the same per-item vector release_item_popularity sums, without
-        # pulling every (user, item) row into pandas (tens of millions at 100M events).
-        items = warehouse.read(
-            "SELECT item_id, sum(value) AS value FROM private.user_items "
-            "WHERE release_date = ? GROUP BY item_id",
-            [release_date],
-        )
+        items = private_totals(warehouse, "private.item_totals", release)
         catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
         popularity = release_item_popularity(items, catalog, release.policy)
         # Stored for experiment_report's popularity arm: same window, same budget.
@@ -155,7 +150,7 @@ def cohort_recommendations(
         pipeline,
         warehouse,
         ledger,
-        "private.user_items",
+        "private.item_totals",
         compute,
     )
     path = pipeline.exports_dir(release_date) / "cohort_recommendations.csv"

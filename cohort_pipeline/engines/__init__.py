@@ -1,8 +1,9 @@
 """Where the per-user bounding SQL runs: in the DuckDB warehouse (default) or on Spark.
 
 An engine is the resource under the key "engine"; `definitions.resources_for` picks it from
-COHORT_PIPELINE_ENGINE (`duckdb` or `spark`). Either way the bounded per-user tables land in
-the warehouse's private schema, so noise, the ledger and the checks never see a difference.
+COHORT_PIPELINE_ENGINE (`duckdb` or `spark`). Either way the bounded tables (per-user profiles
+and the per-key sums the mechanisms noise) land in the warehouse's private schema, so noise,
+the ledger and the checks never see a difference.
 The SQL itself is written once, in privacy/bounding.py (DuckDB dialect); the Spark engine
 translates it, and a parity test holds the two engines to the same results.
 """
@@ -19,19 +20,10 @@ import duckdb
 from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy
-from cohort_pipeline.privacy.bounding import user_categories_sql, user_items_sql, user_profiles_sql
+from cohort_pipeline.privacy.bounding import bounded_totals
 
 ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
 ENGINES = ("duckdb", "spark")
-
-
-def bounding_queries(policy: Policy, day: date, events: str, catalog: str) -> list[tuple[str, str]]:
-    """(private table, DuckDB SQL) of every per-user bounded table of a release."""
-    return [
-        ("private.user_profiles", user_profiles_sql(policy, day, events)),
-        ("private.user_categories", user_categories_sql(policy, events, catalog)),
-        ("private.user_items", user_items_sql(policy, events)),
-    ]
 
 
 class BoundingEngine(ConfigurableResource):
@@ -50,7 +42,16 @@ class DuckDBEngine(BoundingEngine):
 
     @contextmanager
     def bounded_tables(self, con, policy, day, events, catalog) -> Iterator[list[tuple[str, str]]]:
-        yield bounding_queries(policy, day, events, catalog)
+        names = []
+        try:
+            for name, sql in bounded_totals(policy, day, events, catalog):
+                # A temp table under its own name: the next queries read it as such.
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+                names.append(name)
+            yield [(f"private.{name}", f"SELECT * FROM {name}") for name in names]
+        finally:
+            for name in names:
+                con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
 def engine_for(data: Path) -> BoundingEngine:

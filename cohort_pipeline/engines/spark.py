@@ -3,7 +3,7 @@
 Selected with COHORT_PIPELINE_ENGINE=spark (needs the `spark` extra and a Java 17+ runtime).
 The validated window events and the catalog go to Spark as Parquet in `stage_dir`; Spark runs
 the same queries, translated from DuckDB's dialect by sqlglot and three rewrites below,
-and writes the bounded per-user tables back as Parquet, which the warehouse loads into its
+and writes the bounded tables back as Parquet, which the warehouse loads into its
 private schema. Everything after bounding (noise, ledger, checks) is unchanged. Point
 `master` at a cluster and `stage_dir` at storage both the warehouse and the executors
 can read (docs/scale.md).
@@ -24,8 +24,9 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from cohort_pipeline.engines import BoundingEngine, bounding_queries
+from cohort_pipeline.engines import BoundingEngine
 from cohort_pipeline.policy import Policy
+from cohort_pipeline.privacy.bounding import bounded_totals
 
 
 def _struct_order(node: exp.Expression) -> exp.Expression:
@@ -95,10 +96,14 @@ class SparkEngine(BoundingEngine):
                             "(FORMAT parquet, PER_THREAD_OUTPUT true)")  # fmt: skip
                 spark.read.parquet(str(stage / name)).createOrReplaceTempView(name)
             queries = []
-            for table, sql in bounding_queries(policy, day, events, catalog):
-                target = stage / table
+            for name, sql in bounded_totals(policy, day, events, catalog):
+                target = stage / name
                 spark.sql(to_spark_sql(sql)).write.parquet(str(target))
-                queries.append((table, f"SELECT * FROM read_parquet('{target}/*.parquet')"))
+                # Later queries read this table by name, as on DuckDB.
+                spark.read.parquet(str(target)).createOrReplaceTempView(name)
+                queries.append(
+                    (f"private.{name}", f"SELECT * FROM read_parquet('{target}/*.parquet')")
+                )
             yield queries
         finally:
             shutil.rmtree(stage, ignore_errors=True)

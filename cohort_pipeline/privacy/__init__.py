@@ -1,8 +1,9 @@
 """The privacy core: bounding, mechanisms (OpenDP), accounting and the ledger. No Dagster.
 
 Library entry points (pandas in, pandas out; the same code the assets call):
-`release_cohort_sizes(assignments, policy)` and `release_cohort_metrics(profiles, plan, policy)`,
-documented in `cohort_pipeline.privacy.release`.
+`release_cohort_sizes(totals, policy)` and `release_cohort_metrics(totals, plan, policy)`,
+documented in `cohort_pipeline.privacy.release` (totals: per cohort key, or per user with
+users = 1).
 """
 
 __all__ = ["release_cohort_metrics", "release_cohort_sizes"]

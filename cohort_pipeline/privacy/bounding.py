@@ -11,6 +11,12 @@ sensitivity rests on:
 - `user_items`: the distinct items a user touched, each 1/sqrt(n), scaled to `item_l2_norm`.
 
 Clamping per-user aggregates avoids the window sort of a per-event cap (design §5).
+
+The release sums these per-user rows per full cohort key (or per item) before any noise:
+`bounded_totals` gives those sums. They are all the mechanisms need (a released cohort's sum
+is the sum of its members' sums), a user still moves them by at most the per-user bound, and
+they are a few hundred rows where the per-user vectors are tens of millions (design §5's
+"bounding cost": storing per-user vectors was most of the DP step's time).
 """
 
 from __future__ import annotations
@@ -108,3 +114,37 @@ def user_items_sql(policy: Policy, events: str) -> str:
     SELECT user_id, item_id, {policy.item_l2_norm} / sqrt(n) AS value
     FROM items JOIN n USING (user_id)
     """
+
+
+def bounded_totals(
+    policy: Policy, release_date: date, events: str, catalog: str
+) -> list[tuple[str, str]]:
+    """(name, query) of a release's bounded tables, in order: `user_profiles` (one row per
+    user), then the exact per-key sums of the bounded per-user values that the mechanisms
+    noise. A query reads the earlier tables by their name; the engine provides them.
+
+    - `cohort_totals`: per full cohort key, `users` and the sums of the three bounded values;
+    - `cohort_category_totals`: per full cohort key x category, the sum of user_categories;
+    - `item_totals`: per item, the sum of user_items.
+    """
+    return [
+        ("user_profiles", user_profiles_sql(policy, release_date, events)),
+        (
+            "cohort_totals",
+            "SELECT cohort_key, CAST(count(*) AS DOUBLE) AS users,"
+            " CAST(sum(mean_duration_s) AS DOUBLE) AS mean_duration_s,"
+            " CAST(sum(converted) AS DOUBLE) AS converted,"
+            " CAST(sum(sessions) AS DOUBLE) AS sessions FROM user_profiles GROUP BY cohort_key",
+        ),
+        (
+            "cohort_category_totals",
+            f"SELECT p.cohort_key, c.category, sum(c.value) AS value"
+            f" FROM ({user_categories_sql(policy, events, catalog)}) c"
+            " JOIN user_profiles p USING (user_id) GROUP BY p.cohort_key, c.category",
+        ),
+        (
+            "item_totals",
+            f"SELECT item_id, sum(value) AS value FROM ({user_items_sql(policy, events)})"
+            " GROUP BY item_id",
+        ),
+    ]

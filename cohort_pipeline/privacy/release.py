@@ -1,16 +1,25 @@
 """The DP release functions the assets call: pandas in, pandas out, no Dagster.
 
-Privacy parameters come from the policy: `budget.epsilon_per_release` at `budget.delta` is
-turned into a zCDP budget rho and shared across the five measurements by `budget.split`.
+Privacy parameters come from the policy: one release costs `budget.epsilon_per_release` at
+`budget.delta`, shared across the five measurements by `budget.split`, as the policy's
+`budget.composition` accounts for it:
+
+- `zcdp` (default): the release's epsilon becomes a zCDP budget rho, split in shares of rho;
+  counts get Laplace noise, every other vector Gaussian noise.
+- `basic`: epsilons and deltas add up, so epsilon (and delta) are split instead; vectors with
+  a small L1 bound (counts, metrics) get pure-epsilon Laplace noise, the others Gaussian
+  noise at their (epsilon, delta) share. Gaussian noise converted measurement by measurement
+  would cost far more than its share under basic composition.
+
 Neighbouring datasets differ by adding or removing one user (all their window events).
 
-| measurement              | mechanism | norm | sensitivity                 |
-|--------------------------|-----------|------|-----------------------------|
-| cohort_sizes             | laplace   | L1   | 1 (a user is in one cohort) |
-| cohort_metrics           | gaussian  | L2   | sqrt(3)/2 (3 values in [-1/2, 1/2]) |
-| cohort_category_affinity | gaussian  | L2   | bounds.category_l2_norm     |
-| cohort_recommendations   | gaussian  | L2   | bounds.item_l2_norm         |
-| experiment_report        | gaussian  | L2   | 3 (9 values in [-1,1])      |
+| measurement              | L2 sensitivity                      | L1 sensitivity          |
+|--------------------------|-------------------------------------|-------------------------|
+| cohort_sizes             | 1 (a user is in one cohort)         | 1                       |
+| cohort_metrics           | sqrt(3)/2 (3 values in [-1/2, 1/2]) | 3/2                     |
+| cohort_category_affinity | bounds.category_l2_norm             | (not used)              |
+| cohort_recommendations   | bounds.item_l2_norm                 | (not used)              |
+| experiment_report        | 3 (9 values in [-1,1])              | (not used)              |
 
 Everything after the noise (coarsening, ratios, clamping, shares) is post-processing.
 """
@@ -35,33 +44,56 @@ METRICS_SENSITIVITY = 0.5 * math.sqrt(len(METRIC_COLUMNS))
 EXPERIMENT_SENSITIVITY = 3.0
 
 
+# Where a vector's L1 bound is small enough for Laplace noise (see the table above).
+L1_SENSITIVITY = {"cohort_sizes": 1.0, "cohort_metrics": 0.5 * len(METRIC_COLUMNS)}
+
+
 def mechanisms(policy: Policy) -> dict[str, Mechanism]:
-    """The calibrated mechanism of each measured asset; together they cost exactly
-    `epsilon_per_release` at `delta` under zCDP composition."""
-    rho = rho_from_epsilon(policy.epsilon_per_release, policy.delta)
-    share = {asset: rho * part for asset, part in policy.split.items()}
-    return {
-        "cohort_sizes": laplace(1.0, math.sqrt(2.0 * share["cohort_sizes"])),
-        "cohort_metrics": gaussian(METRICS_SENSITIVITY, share["cohort_metrics"], policy.delta),
-        "cohort_category_affinity": gaussian(
-            policy.category_l2_norm, share["cohort_category_affinity"], policy.delta
-        ),
-        "cohort_recommendations": gaussian(
-            policy.item_l2_norm, share["cohort_recommendations"], policy.delta
-        ),
-        "experiment_report": gaussian(
-            EXPERIMENT_SENSITIVITY, share["experiment_report"], policy.delta
-        ),
+    """The calibrated mechanism of each measurement in `budget.split`; together they cost
+    exactly `epsilon_per_release` at `delta` under the policy's composition."""
+    l2 = {
+        "cohort_sizes": 1.0,
+        "cohort_metrics": METRICS_SENSITIVITY,
+        "cohort_category_affinity": policy.category_l2_norm,
+        "cohort_recommendations": policy.item_l2_norm,
+        "experiment_report": EXPERIMENT_SENSITIVITY,
     }
+    epsilon, delta = policy.epsilon_per_release, policy.delta
+    if policy.composition == "zcdp":
+        rho = rho_from_epsilon(epsilon, delta)
+        return {
+            asset: laplace(1.0, math.sqrt(2.0 * rho * part))
+            if asset == "cohort_sizes"
+            else gaussian(l2[asset], rho * part, delta)
+            for asset, part in policy.split.items()
+        }
+    # basic: each Gaussian measurement takes its epsilon share and a share of delta.
+    gaussian_parts = sum(
+        part for asset, part in policy.split.items() if asset not in L1_SENSITIVITY
+    )
+    out = {}
+    for asset, part in policy.split.items():
+        if asset in L1_SENSITIVITY:
+            out[asset] = laplace(L1_SENSITIVITY[asset], epsilon * part)
+        else:
+            share_delta = delta * part / gaussian_parts
+            out[asset] = gaussian(
+                l2[asset], rho_from_epsilon(epsilon * part, share_delta), share_delta
+            )
+    return out
 
 
-def exact_cohort_counts(assignments: pd.DataFrame, policy: Policy) -> pd.Series:
-    """Users per cohort over the public key set (0 for empty cohorts), in key order. Private."""
-    counts = assignments["cohort_key"].value_counts()
+def exact_cohort_counts(totals: pd.DataFrame, policy: Policy) -> pd.Series:
+    """Users per cohort over the public key set (0 for empty cohorts), in key order, from
+    `cohort_totals` (cohort_key, users). Private.
+
+    Every release function sums its input's rows per key, so per-user rows (users = 1) are
+    valid input as well as the per-key sums user_profiles stores."""
+    counts = totals.groupby("cohort_key")["users"].sum()
     unknown = set(counts.index) - set(policy.cohort_keys())
     if unknown:
         raise ValueError(
-            f"assignments hold cohort keys outside the policy's key set: {sorted(unknown)[:3]}"
+            f"totals hold cohort keys outside the policy's key set: {sorted(unknown)[:3]}"
         )
     return counts.reindex(policy.cohort_keys(), fill_value=0).astype(float)
 
@@ -113,11 +145,11 @@ def _drop(key: str, indices: list[int]) -> str:
 
 
 def release_cohort_sizes(
-    assignments: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
+    totals: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
 ) -> pd.DataFrame:
     """DP user counts per released cohort, and the coarsening plan.
 
-    In: `assignments` (user_id, cohort_key) with one row per user. Consumes the
+    In: `cohort_totals` (cohort_key, users: exact users per full key). Consumes the
     `cohort_sizes` share of the budget (Laplace, L1 sensitivity 1). Out: one row per released
     cohort: cohort_key, one column per dimension ('*' where coarsened), members (the full
     keys merged into it, ';'-separated), noisy_users, noise_scale, accuracy_95 (half-width
@@ -125,7 +157,7 @@ def release_cohort_sizes(
     """
     mech = mechanism or mechanisms(policy)["cohort_sizes"]
     noisy = pd.Series(
-        mech(exact_cohort_counts(assignments, policy).to_numpy()), index=policy.cohort_keys()
+        mech(exact_cohort_counts(totals, policy).to_numpy()), index=policy.cohort_keys()
     )
     rows = []
     for key, members, n in coarsen(noisy, policy):
@@ -163,27 +195,30 @@ def _denominators(plan: pd.DataFrame, sizes_mechanism: Mechanism) -> tuple[np.nd
 
 
 def release_cohort_metrics(
-    profiles: pd.DataFrame, plan: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
+    totals: pd.DataFrame, plan: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
 ) -> pd.DataFrame:
     """DP mean session duration, conversion rate and sessions per user per released cohort.
 
-    In: `profiles` from bounding.user_profiles_sql (one row per user, bounded values), and the
-    plan from release_cohort_sizes (its noisy_users are the denominators: no extra budget).
-    Consumes the `cohort_metrics` share (Gaussian, L2 sensitivity sqrt(3)/2 on the per-cohort
-    sums of mean_duration_s/hi, converted and sessions/max_sessions, each minus 1/2). Out: one
-    row per released cohort with users, the three means and a 95% half-width for each.
+    In: `cohort_totals` (cohort_key, users and the sums of the bounded per-user values of
+    bounding.user_profiles_sql, per full key) and the plan from release_cohort_sizes (its
+    noisy_users are the denominators: no extra budget). Consumes the `cohort_metrics` share
+    on the per-cohort sums of mean_duration_s/hi, converted and sessions/max_sessions, each
+    minus 1/2 per user (L2 sensitivity sqrt(3)/2, L1 3/2). Out: one row per released cohort
+    with users, the three means and a 95% half-width for each.
     """
     mechs = mechanisms(policy)
     mech = mechanism or mechs["cohort_metrics"]
     hi = policy.session_duration_s[1]
     unit = {"mean_duration_s": hi, "converted": 1.0, "sessions": float(policy.max_sessions)}
-    scaled = profiles.assign(released=_released_cohort(profiles, plan))
-    for col in METRIC_COLUMNS:
-        scaled[col] = scaled[col] / unit[col] - 0.5
-    sums = (
-        scaled.groupby("released")[list(METRIC_COLUMNS)]
+    summed = (
+        totals.assign(released=_released_cohort(totals, plan))
+        .groupby("released")[["users", *METRIC_COLUMNS]]
         .sum()
         .reindex(plan["cohort_key"], fill_value=0.0)
+    )
+    # sum over users of (x / unit - 1/2), from the per-key sums of x and the user count.
+    sums = pd.DataFrame(
+        {col: summed[col] / unit[col] - 0.5 * summed["users"] for col in METRIC_COLUMNS}
     )
     noisy = mech(sums.to_numpy().ravel()).reshape(sums.shape)
     n, n_std = _denominators(plan, mechs["cohort_sizes"])
@@ -214,8 +249,7 @@ def release_cohort_metrics(
 
 
 def release_cohort_affinity(
-    user_categories: pd.DataFrame,
-    assignments: pd.DataFrame,
+    totals: pd.DataFrame,
     plan: pd.DataFrame,
     categories: list[str],
     policy: Policy,
@@ -223,16 +257,16 @@ def release_cohort_affinity(
 ) -> pd.DataFrame:
     """DP category engagement per released cohort x category of the public catalog.
 
-    In: `user_categories` (user_id, category, value) with each user's vector of L2 norm at
-    most `bounds.category_l2_norm`. Consumes the `cohort_category_affinity` share (Gaussian,
-    L2 sensitivity category_l2_norm). Out: cohort_key, category, noisy_sum, affinity (noisy
-    mean per user, clamped at 0), share (affinity normalised within the cohort), accuracy_95.
+    In: `cohort_category_totals` (cohort_key, category, value): per full key, the sum of the
+    users' category vectors, each of L2 norm at most `bounds.category_l2_norm`. Consumes the
+    `cohort_category_affinity` share (Gaussian, L2 sensitivity category_l2_norm). Out:
+    cohort_key, category, noisy_sum, affinity (noisy mean per user, clamped at 0), share
+    (affinity normalised within the cohort), accuracy_95.
     """
     mech = mechanism or mechanisms(policy)["cohort_category_affinity"]
-    cohort = assignments.set_index("user_id")["cohort_key"].map(plan_map(plan))
-    frame = user_categories.assign(released=user_categories["user_id"].map(cohort))
     sums = (
-        frame.groupby(["released", "category"])["value"]
+        totals.assign(released=_released_cohort(totals, plan))
+        .groupby(["released", "category"])["value"]
         .sum()
         .unstack(fill_value=0.0)
         .reindex(index=plan["cohort_key"], columns=categories, fill_value=0.0)
@@ -240,9 +274,12 @@ def release_cohort_affinity(
     noisy = mech(sums.to_numpy().ravel()).reshape(sums.shape)
     n = np.maximum(plan["noisy_users"].to_numpy(dtype=float), 1.0)[:, None]
     affinity = np.maximum(noisy, 0.0) / n
-    totals = affinity.sum(axis=1, keepdims=True)
+    per_cohort = affinity.sum(axis=1, keepdims=True)
     share = np.divide(
-        affinity, totals, out=np.full_like(affinity, 1.0 / len(categories)), where=totals > 0
+        affinity,
+        per_cohort,
+        out=np.full_like(affinity, 1.0 / len(categories)),
+        where=per_cohort > 0,
     )
     out = pd.DataFrame(
         {
@@ -259,19 +296,19 @@ def release_cohort_affinity(
 
 
 def release_item_popularity(
-    user_items: pd.DataFrame,
+    totals: pd.DataFrame,
     catalog: pd.DataFrame,
     policy: Policy,
     mechanism: Mechanism | None = None,
 ) -> pd.DataFrame:
     """DP global item popularity over the public catalog.
 
-    In: `user_items` (user_id, item_id, value), each user's vector of L2 norm at most
-    `bounds.item_l2_norm`. Consumes the `cohort_recommendations` share (Gaussian). Out:
+    In: `item_totals` (item_id, value): per item, the sum of the users' item vectors, each of
+    L2 norm at most `bounds.item_l2_norm`. Consumes the `cohort_recommendations` share (Gaussian). Out:
     catalog rows with noisy_popularity and within-category share (clamped at 0).
     """
     mech = mechanism or mechanisms(policy)["cohort_recommendations"]
-    sums = user_items.groupby("item_id")["value"].sum().reindex(catalog["item_id"], fill_value=0.0)
+    sums = totals.groupby("item_id")["value"].sum().reindex(catalog["item_id"], fill_value=0.0)
     out = catalog[["item_id", "category"]].reset_index(drop=True).copy()
     out["noisy_popularity"] = mech(sums.to_numpy())
     clamped = out["noisy_popularity"].clip(lower=0.0)
