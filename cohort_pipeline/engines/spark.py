@@ -2,7 +2,7 @@
 
 Selected with COHORT_PIPELINE_ENGINE=spark (needs the `spark` extra and a Java 17+ runtime).
 The validated window events and the catalog go to Spark as Parquet in `stage_dir`; Spark runs
-the same queries, translated from DuckDB's dialect by sqlglot and three rewrites below,
+the same queries, translated from DuckDB's dialect by sqlglot and the rewrites below,
 and writes the bounded tables back as Parquet, which the warehouse loads into its
 private schema. Everything after bounding (noise, ledger, checks) is unchanged. Point
 `master` at a cluster and `stage_dir` at storage both the warehouse and the executors
@@ -53,10 +53,17 @@ def _day_difference(node: exp.Expression) -> exp.Expression:
     return node
 
 
+def _no_materialization_hint(node: exp.Expression) -> exp.Expression:
+    # `AS [NOT] MATERIALIZED` is a DuckDB planning hint Spark does not parse.
+    if isinstance(node, exp.CTE):
+        node.set("materialized", None)
+    return node
+
+
 def to_spark_sql(sql: str) -> str:
     """The same query in Spark SQL."""
     tree = sqlglot.parse_one(sql, read="duckdb")
-    for rewrite in (_struct_order, _utc_wall_time, _day_difference):
+    for rewrite in (_struct_order, _utc_wall_time, _day_difference, _no_materialization_hint):
         tree = tree.transform(rewrite)
     return tree.sql(dialect="spark")
 
