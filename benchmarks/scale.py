@@ -129,22 +129,36 @@ def child_release(data: Path) -> dict:
 
 def child_plain(data: Path) -> dict:
     """The physical floor: the released aggregates from the validated events in plain DuckDB,
-    no per-user clamping, no L2 scaling, no noise. Same bands, so the same cohorts."""
+    no per-user clamping, no L2 scaling, no noise. Same bands, so the same cohorts. Then, on
+    the same connection, the release's own bounding SQL (privacy/bounding.py, into temp
+    tables as the DuckDB engine runs it): the query cost of privacy without Dagster's."""
     import resource
 
     from cohort_pipeline.definitions import resources_for
     from cohort_pipeline.policy import load_policy
-    from cohort_pipeline.privacy.bounding import window
+    from cohort_pipeline.privacy.bounding import bounded_totals, window
 
     policy = load_policy(data / "policy.yaml")
     warehouse = resources_for(data)["warehouse"]
-    _, outcome_start, _ = window(policy, dt.date.fromisoformat(RELEASE_DATE))
+    day = dt.date.fromisoformat(RELEASE_DATE)
+    _, outcome_start, _ = window(policy, day)
     queries = plain_queries(policy, outcome_start, data / "catalog.csv")
-    t0 = time.perf_counter()
     with warehouse.connect() as con:
+        t0 = time.perf_counter()
         for sql in queries:
             con.execute(sql).fetchall()
-    return {"plain_s": time.perf_counter() - t0,
+        plain_s = time.perf_counter() - t0
+        con.execute(
+            "CREATE TEMP VIEW events AS SELECT * EXCLUDE (release_date, data_version) FROM "
+            f"private.raw_events WHERE release_date = DATE '{RELEASE_DATE}'"
+        )
+        con.execute(f"CREATE TEMP TABLE catalog AS SELECT item_id, category FROM "
+                    f"read_csv('{data / 'catalog.csv'}', all_varchar = true)")  # fmt: skip
+        t0 = time.perf_counter()
+        for name, sql in bounded_totals(policy, day, "events", "catalog"):
+            con.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+        bounding_s = time.perf_counter() - t0
+    return {"plain_s": plain_s, "bounding_sql_s": bounding_s,
             "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
 
 
@@ -211,6 +225,8 @@ def measure(size: str, env: dict) -> dict:
         "plain_s": plain["plain_s"],
         "plain_peak_rss_gib": plain_peak / 2**30,
         "dp_over_plain": dp_s / plain["plain_s"],
+        "bounding_sql_s": plain["bounding_sql_s"],
+        "bounding_sql_over_plain": plain["bounding_sql_s"] / plain["plain_s"],
     }
 
 
@@ -221,14 +237,15 @@ def markdown(rows: list[dict], env: dict) -> str:
         "",
         "| events | users | whole graph (s) | CPU (s) | process (s) | peak RSS, tree (GiB) "
         "| events/s | DP release step (s) | plain DuckDB (s) | DP / plain "
-        "| load (1 min) before/after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| bounding SQL alone (s) | bounding SQL / plain | load (1 min) before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['events']:,} | {r['users']:,} | {r['graph_s']:.1f} | {r['cpu_s']:.1f} | "
             f"{r['process_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['events_per_s']:,.0f} | "
             f"{r['dp_step_s']:.1f} | {r['plain_s']:.1f} | {r['dp_over_plain']:.2f} | "
+            f"{r['bounding_sql_s']:.1f} | {r['bounding_sql_over_plain']:.2f} | "
             f"{r['load_avg_1min'][0]:.1f} / {r['load_avg_1min'][1]:.1f} |"
         )
     if len(rows) > 1:
