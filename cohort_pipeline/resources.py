@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.privacy.duckdb_lock import connect_with_retry
 from cohort_pipeline.privacy.ledger import Ledger
 
 SCHEMAS = ("private", "release")
@@ -58,21 +58,6 @@ class PipelineResource(ConfigurableResource):
         return path
 
 
-def connect_with_retry(path: str, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file, waiting while another process holds its write lock."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return duckdb.connect(path)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"DuckDB file {path} is held by another process for more than {timeout_s:.0f} s "
-                    f"(close notebooks or other runs using it): {exc}"
-                ) from exc
-            time.sleep(0.05 + (time.monotonic_ns() % 200) / 1000)  # jitter so waiters don't collide
-
-
 class WarehouseResource(ConfigurableResource):
     """The embedded DuckDB warehouse: schema `private` (exact, never released) and `release`."""
 
@@ -85,7 +70,7 @@ class WarehouseResource(ConfigurableResource):
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # Short-lived connections: DuckDB allows one writing process per file (design §5).
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = connect_with_retry(self.path, self.lock_timeout_s)
+        con = connect_with_retry(self.path, self.lock_timeout_s, "warehouse")
         try:
             con.execute("SET TimeZone = 'UTC'")
             if self.memory_limit:

@@ -139,7 +139,7 @@ def test_no_lock_error_reaches_the_user_while_another_process_holds_the_warehous
     assert any(s["started"] < hold["finished"] for s, _ in runs)
     for summary, log in runs:
         for text in (log, *summary["failures"]):
-            assert "Could not set lock" not in text and "held by another process" not in text
+            assert "Could not set lock" not in text and "locked by another process" not in text
         if summary["checks"]["budget_within_limit"]:
             assert summary["failures"] == []
 

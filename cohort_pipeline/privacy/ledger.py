@@ -39,6 +39,7 @@ from cohort_pipeline.privacy.accounting import (
     compose,
     worst_window_spend,
 )
+from cohort_pipeline.privacy.duckdb_lock import FileBusy, connect_with_retry
 
 GENESIS_HASH = "0" * 64
 TOLERANCE = 1e-9  # float slack when comparing a composed spend with its cap
@@ -152,7 +153,7 @@ class LedgerCorrupt(Exception):
     """Chain verification failed; the ledger refuses to spend."""
 
 
-class LedgerBusy(TimeoutError):
+class LedgerBusy(FileBusy):
     """Another process kept the ledger file locked for longer than the timeout."""
 
 
@@ -233,11 +234,6 @@ def _path_lock(path: str) -> threading.Lock:
         return _LOCKS.setdefault(path, threading.Lock())
 
 
-def _jitter() -> float:
-    # Retry jitter only (never noise): os.urandom keeps `random` out of the privacy package.
-    return int.from_bytes(os.urandom(2), "big") / 65535.0
-
-
 class Ledger:
     def __init__(self, path: str | os.PathLike, lock_timeout_s: float = 120.0):
         self.path = str(Path(path).resolve())
@@ -259,23 +255,8 @@ class Ledger:
                 return work(None)
             if not os.path.exists(self.path):
                 self._create()
-            attempt = 0
-            while True:
-                try:
-                    con = duckdb.connect(self.path)
-                    break
-                except duckdb.IOException as exc:
-                    if "lock" not in str(exc).lower():
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise LedgerBusy(
-                            f"ledger {self.path} is locked by another process (DuckDB allows one"
-                            f" read-write process per file); gave up after"
-                            f" {self.lock_timeout_s}s: {exc}"
-                        ) from exc
-                    attempt += 1
-                    pause = min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + _jitter())
-                    time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            remaining = max(0.0, deadline - time.monotonic())
+            con = connect_with_retry(self.path, remaining, "ledger", LedgerBusy)
             try:
                 con.execute(_SCHEMA)
                 return work(con)
