@@ -39,6 +39,17 @@ from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 ASSET_MODULES = [ingest, cohorts, privacy, metrics, ranking, experiments, governance]
 
 
+def keep_windows() -> int:
+    """COHORT_PIPELINE_KEEP_WINDOWS: how many release dates keep their validated window."""
+    raw = os.environ.get("COHORT_PIPELINE_KEEP_WINDOWS", "8").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"COHORT_PIPELINE_KEEP_WINDOWS={raw!r}: expected a whole number of release dates, at"
+            " least 1 (the date being released)"
+        )
+    return int(raw)
+
+
 def resources_for(data: Path | str | None = None, policy: Path | str | None = None) -> dict:
     """The embedded setup: DuckDB files in the data folder. Another engine swaps this dict."""
     data = Path(data or data_dir())
@@ -50,6 +61,7 @@ def resources_for(data: Path | str | None = None, policy: Path | str | None = No
             path=str(data / "warehouse.duckdb"),
             memory_limit=os.environ.get("COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT", ""),
             temp_directory=os.environ.get("COHORT_PIPELINE_DUCKDB_TEMP_DIR", ""),
+            keep_windows=keep_windows(),
         ),
         "ledger": LedgerResource(path=str(data / "ledger.duckdb")),
         "engine": engine_for(data),  # where the bounding SQL runs: COHORT_PIPELINE_ENGINE

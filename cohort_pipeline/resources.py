@@ -65,6 +65,11 @@ class WarehouseResource(ConfigurableResource):
     memory_limit: str = ""
     temp_directory: str = ""
     lock_timeout_s: float = 120.0
+    # Release dates whose validated window (private.raw_events) is kept. Each is a copy of a
+    # whole lookback window (1.7 GB at 100M events), so keeping every date grows without end;
+    # 8 keeps a week of experiment readouts re-runnable. An older date is re-ingested from the
+    # event files if it is materialized again.
+    keep_windows: int = 8
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -110,6 +115,20 @@ def _read(con, sql, params=None) -> pd.DataFrame:
         return con.execute(sql, params or []).df()
     except duckdb.CatalogException:
         return pd.DataFrame()  # the table does not exist yet: nothing stored
+
+
+def prune_windows(con: duckdb.DuckDBPyConnection, release_date: str, keep: int) -> list:
+    """Delete private.raw_events of every release date but `release_date` and the `keep` - 1
+    most recent others; returns the dates removed (oldest first)."""
+    others = con.execute(
+        "SELECT DISTINCT release_date FROM private.raw_events WHERE release_date <> ?"
+        " ORDER BY release_date DESC",
+        [release_date],
+    ).fetchall()
+    stale = sorted(row[0] for row in others[max(keep - 1, 0) :])
+    if stale:
+        con.execute("DELETE FROM private.raw_events WHERE list_contains(?, release_date)", [stale])
+    return stale
 
 
 def replace_partition(

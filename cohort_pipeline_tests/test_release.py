@@ -3,6 +3,7 @@
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import AssetKey, DagsterInstance
 
 from cohort_pipeline.policy import MEASURED_ASSETS
@@ -69,6 +70,40 @@ def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_d
     ):
         pd.testing.assert_frame_equal(release_rows(sample_dir, table), before[table])
     assert (sample_dir / "exports" / RELEASE_DATE / "cohort_recommendations.csv").exists()
+
+
+def test_old_windows_are_removed_and_an_old_date_reruns_from_the_event_files(
+    small_dir, monkeypatch
+):
+    """Each release date stores a whole validated window: only COHORT_PIPELINE_KEEP_WINDOWS
+    dates keep theirs. Releasing an older date again re-ingests it from the untouched files:
+    the same data version, so the stored release is returned and nothing is spent."""
+    monkeypatch.setenv("COHORT_PIPELINE_KEEP_WINDOWS", "1")
+    earlier = "2026-11-27"
+
+    def windows() -> set[str]:
+        sql = "SELECT DISTINCT CAST(release_date AS VARCHAR) AS d FROM private.raw_events"
+        return set(read(small_dir / "warehouse.duckdb", sql)["d"])
+
+    assert run_release(small_dir, earlier).success
+    sizes = release_rows(small_dir, "cohort_sizes", earlier)
+    assert run_release(small_dir).success
+    assert windows() == {RELEASE_DATE}
+    spent = len(ledger_rows(small_dir))
+
+    assert run_release(small_dir, earlier).success
+    assert windows() == {earlier}  # the date being released always keeps its window
+    assert len(ledger_rows(small_dir)) == spent
+    pd.testing.assert_frame_equal(release_rows(small_dir, "cohort_sizes", earlier), sizes)
+
+
+def test_keep_windows_must_be_a_positive_count(monkeypatch):
+    from cohort_pipeline.definitions import keep_windows
+
+    for bad in ("0", "-1", "all", "2.5"):
+        monkeypatch.setenv("COHORT_PIPELINE_KEEP_WINDOWS", bad)
+        with pytest.raises(ValueError, match="COHORT_PIPELINE_KEEP_WINDOWS"):
+            keep_windows()
 
 
 def test_changed_inputs_are_a_new_release_that_spends(sample_dir):

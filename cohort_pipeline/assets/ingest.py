@@ -14,7 +14,12 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.ingest import COLUMNS, load_window
 from cohort_pipeline.privacy.bounding import window
-from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
+from cohort_pipeline.resources import (
+    PipelineResource,
+    WarehouseResource,
+    prune_windows,
+    replace_partition,
+)
 
 
 @asset(
@@ -35,7 +40,8 @@ def opt_outs(
     **asset_args(Group.INGEST, Owner.DATA, PRIVATE, {"duckdb", "parquet"}),
     deps=[opt_outs],
     description="Validated events of the release window (lookback_days ending on the release date); "
-    "bad rows quarantined in private.rejected_events with a reason.",
+    "bad rows quarantined in private.rejected_events with a reason. Windows of older release dates "
+    "are removed beyond COHORT_PIPELINE_KEEP_WINDOWS (default 8).",
 )
 def raw_events(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
@@ -77,10 +83,17 @@ def raw_events(
             result.report,
             data_version=result.data_version,
         )
+        pruned = prune_windows(con, release_date, warehouse.keep_windows)
     context.log.info(
         f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
+    if pruned:
+        context.log.info(
+            f"removed the validated windows of {len(pruned)} older release date(s) "
+            f"({pruned[0]} .. {pruned[-1]}): {warehouse.keep_windows} are kept "
+            "(COHORT_PIPELINE_KEEP_WINDOWS); the event files are untouched"
+        )
     return MaterializeResult(
         metadata={
             **private_metadata("private.raw_events", COLUMNS),
