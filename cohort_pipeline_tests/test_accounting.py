@@ -33,6 +33,15 @@ def test_pure_dp_is_half_epsilon_squared_zcdp():
     assert Spend.pure(0.2).delta == 0
 
 
+def test_a_spend_is_within_a_reservation_only_if_covered_in_every_coordinate():
+    reserved = Spend.zcdp(0.01, 1e-6)
+    assert reserved.within(reserved)
+    assert Spend.zcdp(0.005, 1e-6).within(reserved)
+    assert not Spend.zcdp(0.02, 1e-6).within(reserved)
+    assert not Spend.zcdp(0.01, 1e-5).within(reserved)  # same rho, larger delta
+    assert Spend.pure(0.1).within(Spend.pure(0.1 * (1 + 1e-12)))  # float rounding only
+
+
 def test_zcdp_composition_is_far_tighter_than_basic_over_daily_releases():
     delta = 1e-6
     daily = Spend.zcdp(rho_from_epsilon(1.0, delta), delta)

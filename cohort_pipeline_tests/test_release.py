@@ -7,7 +7,11 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from cohort_pipeline.policy import MEASURED_ASSETS
-from cohort_pipeline.privacy.release import release_cohort_metrics, release_cohort_sizes
+from cohort_pipeline.privacy.release import (
+    mechanisms,
+    release_cohort_metrics,
+    release_cohort_sizes,
+)
 from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
 
 RELEASE_TABLES = [
@@ -160,6 +164,33 @@ def test_dp_asset_launched_alone_after_a_blocked_release_refuses(small_dir):
     failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no reservation" in failure.event_specific_data.error.to_string()
     assert release_rows(small_dir, "cohort_sizes").empty
+
+
+def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeypatch):
+    """The spend is fixed when reserved: code whose noise would now cost more (here the
+    metrics' rho doubled) finds the reservation and still refuses, drawing nothing."""
+    upstream = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    steps = [*upstream, "privacy_budget_ledger", "cohort_sizes"]
+    assert run_release(small_dir, selection=steps).success
+    spent = ledger_rows(small_dir)
+    from cohort_pipeline.assets import common
+    from cohort_pipeline.privacy.mechanisms import gaussian
+
+    def costlier(policy):
+        mechs = mechanisms(policy)
+        metrics = mechs["cohort_metrics"]
+        return {**mechs, "cohort_metrics": gaussian(metrics.sensitivity, 2 * metrics.spend.rho,
+                                                    policy.delta)}  # fmt: skip
+
+    monkeypatch.setattr(common, "mechanisms", costlier)
+    alone = run_release(small_dir, selection=["cohort_metrics"])
+    assert not alone.success
+    failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "more than the ledger reserved" in failure.event_specific_data.error.to_string()
+    assert release_rows(small_dir, "cohort_metrics").empty
+    pd.testing.assert_frame_equal(ledger_rows(small_dir), spent)
+    monkeypatch.setattr(common, "mechanisms", mechanisms)
+    assert run_release(small_dir, selection=["cohort_metrics"]).success
 
 
 def test_metrics_launched_alone_without_released_sizes_refuse(small_dir):

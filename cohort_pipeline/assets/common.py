@@ -18,6 +18,8 @@ from dagster import (
 )
 
 from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.privacy.accounting import Spend
+from cohort_pipeline.privacy.release import mechanisms
 from cohort_pipeline.resources import (
     LedgerResource,
     PipelineResource,
@@ -147,7 +149,20 @@ def admitted_release(
             f"for it (policy {policy.hash}, data version {version}). Materialize privacy_budget_ledger "
             "for this date; its check budget_within_limit must pass."
         )
-    return Release(policy, release_date, version, asset, int(rows["seq"].iloc[0]))
+    reserved = rows.iloc[0]
+    drawn = mechanisms(policy)[asset]
+    if not drawn.spend.within(Spend(reserved["epsilon"], reserved["delta"], reserved["rho"])):
+        # The spend of a release is fixed when it is reserved; code that would now draw
+        # costlier noise (another version, another calibration) must not use that reservation.
+        raise Failure(
+            f"refusing to compute {asset} for {release_date}: its {drawn.name} noise would spend "
+            f"epsilon={drawn.spend.epsilon:.6g}, delta={drawn.spend.delta:.3g}, "
+            f"rho={drawn.spend.rho:.6g}, more than the ledger reserved for it (seq "
+            f"{int(reserved['seq'])}: {reserved['mechanism']}, epsilon={reserved['epsilon']:.6g}, "
+            f"delta={reserved['delta']:.3g}, rho={reserved['rho']:.6g}). Run the version of "
+            "cohort_pipeline that made the reservation; nothing was drawn."
+        )
+    return Release(policy, release_date, version, asset, int(reserved["seq"]))
 
 
 @contextmanager

@@ -57,6 +57,18 @@ class Spend:
     def zcdp(cls, rho: float, delta: float) -> Spend:
         return cls(epsilon=epsilon_from_rho(rho, delta), delta=delta, rho=rho)
 
+    def within(self, reserved: Spend) -> bool:
+        """True when this spend is covered by `reserved` in epsilon, delta and rho (up to
+        float rounding): noise may only be drawn under a reservation that covers it."""
+        return all(
+            mine <= theirs * (1 + 1e-9) + 1e-15
+            for mine, theirs in (
+                (self.epsilon, reserved.epsilon),
+                (self.delta, reserved.delta),
+                (self.rho, reserved.rho),
+            )
+        )
+
 
 def compose(spends: list[Spend], composition: str, delta: float) -> tuple[float, float]:
     """The (epsilon, delta) guarantee of all `spends` together under `composition`."""
