@@ -27,7 +27,7 @@ from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.experiments import METRICS, release_readouts
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
 from cohort_pipeline.privacy import release_cohort_metrics, release_cohort_sizes
-from cohort_pipeline.privacy.bounding import window
+from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql, window
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.privacy.release import (
     mechanisms,
@@ -227,6 +227,35 @@ def test_the_recorder_sees_what_the_mechanism_would_noise():
     assert rec["cohort_metrics"].inputs[0].shape == (len(plan) * 3,)
     assert rec["cohort_category_affinity"].inputs[0].shape == (len(plan) * len(CATEGORIES),)
     assert rec["cohort_recommendations"].inputs[0].shape == (len(CATALOG),)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(users=datasets)
+def test_hash_keys_give_the_same_sums_as_ids(users):
+    """The engine keys users and items by hash when unique (speed); the sums must not move."""
+    con = Warehouse(events_frame(users)).con
+    con.execute("CREATE TEMP TABLE events AS SELECT * FROM all_events")
+    sums = {}
+    for keys in (IDS, HASHES):
+        for name, sql in bounded_totals(POL, END, "events", "catalog", keys):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        sums[keys] = [
+            con.execute(f"SELECT * FROM {name} ORDER BY ALL").df()
+            for name in ("cohort_totals", "cohort_category_totals", "item_totals")
+        ]
+    assert len(sums[IDS][0]) > 0  # every user is in one cohort
+    for by_id, by_hash in zip(sums[IDS], sums[HASHES], strict=True):
+        pd.testing.assert_frame_equal(by_id, by_hash, check_dtype=False, rtol=1e-12)
+
+
+def test_a_shared_hash_is_detected():
+    """Two users behind one hash would be bounded as one user: the engine must see it."""
+    con = duckdb.connect()
+    con.register("catalog", CATALOG)
+    con.execute("CREATE TABLE profiles AS SELECT * FROM (VALUES ('u1'), ('u2')) t(user_id)")
+    assert con.execute(unique_hashes_sql("profiles", "catalog")).fetchone()[0]
+    con.execute("INSERT INTO profiles VALUES ('u1')")  # two rows, one hash
+    assert not con.execute(unique_hashes_sql("profiles", "catalog")).fetchone()[0]
 
 
 unit = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))

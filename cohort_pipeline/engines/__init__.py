@@ -20,7 +20,7 @@ import duckdb
 from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy
-from cohort_pipeline.privacy.bounding import bounded_totals
+from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql
 
 ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
 ENGINES = ("duckdb", "spark")
@@ -43,11 +43,20 @@ class DuckDBEngine(BoundingEngine):
     @contextmanager
     def bounded_tables(self, con, policy, day, events, catalog) -> Iterator[list[tuple[str, str]]]:
         names = []
+
+        def create(name: str, sql: str) -> None:
+            # A temp table under its own name: the next queries read it as such.
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+            names.append(name)
+
         try:
-            for name, sql in bounded_totals(policy, day, events, catalog):
-                # A temp table under its own name: the next queries read it as such.
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-                names.append(name)
+            profiles, *_ = bounded_totals(policy, day, events, catalog)
+            create(*profiles)
+            # Hash keys when they are unique in this window, else the ids (same sums, slower).
+            unique = con.execute(unique_hashes_sql(profiles[0], catalog)).fetchone()[0]
+            keys = HASHES if unique else IDS
+            for name, sql in bounded_totals(policy, day, events, catalog, keys)[1:]:
+                create(name, sql)
             yield [(f"private.{name}", f"SELECT * FROM {name}") for name in names]
         finally:
             for name in names:
