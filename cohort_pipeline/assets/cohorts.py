@@ -32,9 +32,9 @@ def user_profiles(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    version = data_version_of(warehouse, "private.ingest_report", release_date)
     catalog = str(pipeline.catalog_path).replace("'", "''")
     with warehouse.connect() as con:
+        version = data_version_of(warehouse, "private.ingest_report", release_date)
         # A view, not a copy: the window's events are read where they are (~35% less CPU at 10M
         # events than copying them into a temp table first). A view takes no parameters; the
         # partition key is a date Dagster has validated.
@@ -70,8 +70,8 @@ def user_profiles(
 )
 def cohort_assignments(context: AssetExecutionContext, warehouse: WarehouseResource):
     release_date = context.partition_key
-    version = data_version_of(warehouse, "private.user_profiles", release_date)
-    with warehouse.connect() as con:
+    with warehouse.connect() as con:  # held: the lookup below reuses it
+        version = data_version_of(warehouse, "private.user_profiles", release_date)
         replace_partition(
             con,
             "private.cohort_assignments",

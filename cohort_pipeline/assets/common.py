@@ -167,10 +167,12 @@ def admitted_release(
 
 @contextmanager
 def release_lock(warehouse: WarehouseResource) -> Iterator[None]:
-    """Hold the warehouse file while a DP asset looks for its stored release, draws noise and
-    stores it. DuckDB lets one process open the file read-write, so a concurrent run of the
-    same release (a schedule tick and a manual click) waits here and then finds the stored
-    values: one reservation never releases two noise draws."""
+    """Hold the warehouse file while a DP asset checks its reservation, looks for its stored
+    release, draws noise and stores it. DuckDB lets one process open the file read-write, so
+    a concurrent run of the same release (a schedule tick and a manual click) waits here and
+    then finds the stored values: one reservation never releases two noise draws. While it
+    is held, every read and write of the asset reuses the open database instead of opening
+    the file again (~15 ms each)."""
     with warehouse.connect():
         yield
 

@@ -11,6 +11,7 @@ from cohort_pipeline.assets.common import (
     Owner,
     admitted_release,
     asset_args,
+    release_lock,
     stored_release,
     write_release,
 )
@@ -109,48 +110,61 @@ def experiment_report(
     warehouse: WarehouseResource,
     ledger: LedgerResource,
 ):
-    release = admitted_release(
-        context, "experiment_report", pipeline, warehouse, ledger, "private.cohort_assignments"
-    )
-    mech = mechanisms(release.policy)["experiment_report"]
-    ranked = ranking_date(date.fromisoformat(release.release_date)).isoformat()
-    noise = (
-        f"Gaussian (OpenDP), std {mech.std:.4g} on each summed per-user value (L2 sensitivity "
-        f"{mech.sensitivity:g}; rho {mech.spend.rho:.4g}, epsilon {mech.spend.epsilon:.4g} "
-        f"at delta {mech.spend.delta:g})"
-    )
-    results = stored_release(warehouse, TABLE, release)
-    reused = results is not None
-    if not reused:
-        inputs, reason = _evaluation_inputs(warehouse, ranked, release.release_date)
-        if inputs is None:
-            # Nothing to evaluate is not a failed release: say so, record nothing, draw no noise.
-            context.log.warning(
-                f"experiment_report {release.release_date}: nothing evaluated: {reason}"
-            )
-            status = (
-                f"**No experiment for {release.release_date}**: {reason}. Materialize that "
-                "release first. Nothing was recorded and no noise was drawn (this release's "
-                "reserved readout share stays unused)."
-            )
-            return MaterializeResult(
-                metadata={"status": MetadataValue.md(status), "ranking_release": ranked}
-            )
-        recs, plan, popularity, assignments, relevant = inputs
-        catalog_size = pd.read_csv(pipeline.catalog_path, dtype=str)["item_id"].nunique()
-        figures, noisy_users = experiment_results(
-            relevant, assignments, plan, recs, popularity, release.policy.top_n, catalog_size, mech
+    # Held from the reservation check to the write, as every DP asset: two concurrent runs
+    # of this release draw once (release_lock).
+    with release_lock(warehouse):
+        release = admitted_release(
+            context, "experiment_report", pipeline, warehouse, ledger, "private.cohort_assignments"
         )
-        uplift = figures[
-            (figures.metric == f"{HEADLINE}_uplift") & (figures.cohort_key == OVERALL)
-        ]["value"]
-        figures = pd.concat(
-            [figures, _stability(warehouse, ranked, release.release_date, float(uplift.iloc[0]))]
+        mech = mechanisms(release.policy)["experiment_report"]
+        ranked = ranking_date(date.fromisoformat(release.release_date)).isoformat()
+        noise = (
+            f"Gaussian (OpenDP), std {mech.std:.4g} on each summed per-user value (L2 sensitivity "
+            f"{mech.sensitivity:g}; rho {mech.spend.rho:.4g}, epsilon {mech.spend.epsilon:.4g} "
+            f"at delta {mech.spend.delta:g})"
         )
-        figures["noisy_evaluated_users"] = noisy_users
-        figures["noise_std"] = mech.std
-        figures["ranking_release"] = date.fromisoformat(ranked)
-        results = write_release(warehouse, TABLE, release, figures)
+        results = stored_release(warehouse, TABLE, release)
+        reused = results is not None
+        if not reused:
+            inputs, reason = _evaluation_inputs(warehouse, ranked, release.release_date)
+            if inputs is None:
+                # Nothing to evaluate is not a failed release: say so, record nothing, draw no noise.
+                context.log.warning(
+                    f"experiment_report {release.release_date}: nothing evaluated: {reason}"
+                )
+                status = (
+                    f"**No experiment for {release.release_date}**: {reason}. Materialize that "
+                    "release first. Nothing was recorded and no noise was drawn (this release's "
+                    "reserved readout share stays unused)."
+                )
+                return MaterializeResult(
+                    metadata={"status": MetadataValue.md(status), "ranking_release": ranked}
+                )
+            recs, plan, popularity, assignments, relevant = inputs
+            catalog_size = pd.read_csv(pipeline.catalog_path, dtype=str)["item_id"].nunique()
+            figures, noisy_users = experiment_results(
+                relevant,
+                assignments,
+                plan,
+                recs,
+                popularity,
+                release.policy.top_n,
+                catalog_size,
+                mech,
+            )
+            uplift = figures[
+                (figures.metric == f"{HEADLINE}_uplift") & (figures.cohort_key == OVERALL)
+            ]["value"]
+            figures = pd.concat(
+                [
+                    figures,
+                    _stability(warehouse, ranked, release.release_date, float(uplift.iloc[0])),
+                ]
+            )
+            figures["noisy_evaluated_users"] = noisy_users
+            figures["noise_std"] = mech.std
+            figures["ranking_release"] = date.fromisoformat(ranked)
+            results = write_release(warehouse, TABLE, release, figures)
     return MaterializeResult(
         metadata={
             "status": "reused the stored release" if reused else "released",

@@ -36,8 +36,8 @@ DP_ASSET = dict(
 
 def measured(context, asset_name, table, pipeline, warehouse, ledger, source, compute):
     """Guard, then return the stored release or compute (once) and store it."""
-    release = admitted_release(context, asset_name, pipeline, warehouse, ledger, source)
     with release_lock(warehouse):
+        release = admitted_release(context, asset_name, pipeline, warehouse, ledger, source)
         stored = stored_release(warehouse, table, release)
         if stored is not None:
             return release, stored, True

@@ -172,11 +172,11 @@ def cohort_sizes(
     warehouse: WarehouseResource,
     ledger: LedgerResource,
 ):
-    release = admitted_release(
-        context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_totals"
-    )
-    policy = release.policy
     with release_lock(warehouse):
+        release = admitted_release(
+            context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_totals"
+        )
+        policy = release.policy
         # Every draw is kept (privately) under its reservation, even when the check below
         # refuses it, so a retry reuses it instead of drawing again (no averaging).
         sizes = stored_release(warehouse, SIZE_DRAWS, release)
