@@ -130,13 +130,14 @@ def child_release(data: Path) -> dict:
 def child_plain(data: Path) -> dict:
     """The physical floor: the released aggregates from the validated events in plain DuckDB,
     no per-user clamping, no L2 scaling, no noise. Same bands, so the same cohorts. Then, on
-    the same connection, the release's own bounding SQL (privacy/bounding.py, into temp
-    tables as the DuckDB engine runs it): the query cost of privacy without Dagster's."""
+    the same connection, the release's own bounding SQL (privacy/bounding.py, run by the
+    DuckDB engine into temp tables): the query cost of privacy without Dagster's."""
     import resource
 
     from cohort_pipeline.definitions import resources_for
+    from cohort_pipeline.engines import DuckDBEngine
     from cohort_pipeline.policy import load_policy
-    from cohort_pipeline.privacy.bounding import bounded_totals, window
+    from cohort_pipeline.privacy.bounding import window
 
     policy = load_policy(data / "policy.yaml")
     warehouse = resources_for(data)["warehouse"]
@@ -155,9 +156,8 @@ def child_plain(data: Path) -> dict:
         con.execute(f"CREATE TEMP TABLE catalog AS SELECT item_id, category FROM "
                     f"read_csv('{data / 'catalog.csv'}', all_varchar = true)")  # fmt: skip
         t0 = time.perf_counter()
-        for name, sql in bounded_totals(policy, day, "events", "catalog"):
-            con.execute(f"CREATE TEMP TABLE {name} AS {sql}")
-        bounding_s = time.perf_counter() - t0
+        with DuckDBEngine().bounded_tables(con, policy, day, "events", "catalog"):
+            bounding_s = time.perf_counter() - t0
     return {"plain_s": plain_s, "bounding_sql_s": bounding_s,
             "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
 

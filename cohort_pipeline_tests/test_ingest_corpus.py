@@ -24,7 +24,12 @@ import pytest
 
 from cohort_pipeline.ingest import EARLIEST_EVENT, InputError, load_window
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.bounding import user_categories_sql, user_items_sql, user_profiles_sql
+from cohort_pipeline.privacy.bounding import (
+    user_categories_sql,
+    user_items_sql,
+    user_pairs_sql,
+    user_profiles_sql,
+)
 from cohort_pipeline_tests.conftest import POLICY
 
 FIRST, LAST = date(2026, 11, 1), date(2026, 11, 28)
@@ -543,10 +548,9 @@ def test_a_bot_with_a_million_events_is_accepted_but_bounded(tmp_path):
     assert result.report["accepted"].sum() == 1_000_050
     policy = load_policy(POLICY)
     con.execute(f"CREATE TEMP TABLE profiles AS {user_profiles_sql(policy, LAST, 'window_events')}")
-    con.execute(
-        f"CREATE TEMP TABLE cats AS {user_categories_sql(policy, 'window_events', 'catalog')}"
-    )
-    con.execute(f"CREATE TEMP TABLE items AS {user_items_sql(policy, 'window_events')}")
+    con.execute(f"CREATE TEMP TABLE pairs AS {user_pairs_sql(policy, 'window_events')}")
+    con.execute(f"CREATE TEMP TABLE cats AS {user_categories_sql(policy, 'pairs', 'catalog')}")
+    con.execute(f"CREATE TEMP TABLE items AS {user_items_sql(policy, 'pairs')}")
     lo, hi = policy.session_duration_s
     bot = con.execute(
         "SELECT count(*), max(sessions), max(mean_duration_s), min(mean_duration_s),"

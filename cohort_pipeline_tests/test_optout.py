@@ -13,7 +13,7 @@ import pytest
 from cohort_pipeline import optouts
 from cohort_pipeline.cli import main
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.bounding import user_categories_sql
+from cohort_pipeline.privacy.bounding import user_categories_sql, user_pairs_sql
 from cohort_pipeline.privacy.release import exact_cohort_counts
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
@@ -118,4 +118,5 @@ def _bounded_categories(data, events: pd.DataFrame, policy) -> pd.DataFrame:
             f"CREATE TABLE catalog AS SELECT * FROM read_csv('{data / 'catalog.csv'}', "
             "all_varchar = true)"
         )
-        return con.execute(user_categories_sql(policy, "events", "catalog")).df()
+        con.execute(f"CREATE TABLE pairs AS {user_pairs_sql(policy, 'events')}")
+        return con.execute(user_categories_sql(policy, "pairs", "catalog")).df()

@@ -20,7 +20,13 @@ import duckdb
 from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy
-from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql
+from cohort_pipeline.privacy.bounding import (
+    HASHES,
+    IDS,
+    bounded_totals,
+    unique_hashes_sql,
+    working,
+)
 
 ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
 ENGINES = ("duckdb", "spark")
@@ -57,7 +63,10 @@ class DuckDBEngine(BoundingEngine):
             keys = HASHES if unique else IDS
             for name, sql in bounded_totals(policy, day, events, catalog, keys)[1:]:
                 create(name, sql)
-            yield [(f"private.{name}", f"SELECT * FROM {name}") for name in names]
+            for name in filter(working, names):
+                con.execute(f"DROP TABLE temp.{name}")  # its memory is needed for storing the rest
+            stored = [name for name in names if not working(name)]
+            yield [(f"private.{name}", f"SELECT * FROM {name}") for name in stored]
         finally:
             for name in names:
                 con.execute(f"DROP TABLE IF EXISTS temp.{name}")

@@ -26,7 +26,7 @@ from sqlglot import exp
 
 from cohort_pipeline.engines import BoundingEngine
 from cohort_pipeline.policy import Policy
-from cohort_pipeline.privacy.bounding import bounded_totals
+from cohort_pipeline.privacy.bounding import bounded_totals, working
 
 
 def _struct_order(node: exp.Expression) -> exp.Expression:
@@ -108,9 +108,10 @@ class SparkEngine(BoundingEngine):
                 spark.sql(to_spark_sql(sql)).write.parquet(str(target))
                 # Later queries read this table by name, as on DuckDB.
                 spark.read.parquet(str(target)).createOrReplaceTempView(name)
-                queries.append(
-                    (f"private.{name}", f"SELECT * FROM read_parquet('{target}/*.parquet')")
-                )
+                if not working(name):
+                    queries.append(
+                        (f"private.{name}", f"SELECT * FROM read_parquet('{target}/*.parquet')")
+                    )
             yield queries
         finally:
             shutil.rmtree(stage, ignore_errors=True)
