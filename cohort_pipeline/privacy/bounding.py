@@ -9,14 +9,15 @@ sensitivity rests on:
 - `user_categories`: a user's weighted category engagement, scaled to L2 norm
   `category_l2_norm` (exactly, or 0 for no engagement).
 - `user_items`: the distinct items a user touched, each 1/sqrt(n), scaled to `item_l2_norm`.
+  Both start from `user_pairs`, the user's distinct items with their summed weights.
 
 Clamping per-user aggregates avoids the window sort of a per-event cap (design §5).
 
 The release sums these per-user rows per full cohort key (or per item) before any noise:
 `bounded_totals` gives those sums. They are all the mechanisms need (a released cohort's sum
 is the sum of its members' sums), a user still moves them by at most the per-user bound, and
-they are a few hundred rows where the per-user vectors are tens of millions (design §5's
-"bounding cost": storing per-user vectors was most of the DP step's time).
+they are a few hundred rows where the per-user vectors are tens of millions (storing
+per-user vectors was most of the DP step's time; docs/scale.md).
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ def user_profiles_sql(policy: Policy, release_date: date, events: str) -> str:
 @dataclass(frozen=True)
 class Keys:
     """How the per-user vectors key a user and an item: by the id itself, or by its 64-bit
-    hash. Hash keys group and join about 1.4x faster (design §5, "bounding cost"), but are
-    only correct when no two of a window's users (or catalog items) share a hash: a merged
-    pair would bound two users as one. `unique_hashes_sql` checks that, per release."""
+    hash. Hash keys make the (user, item) grouping and the joins after it ~20% faster at 100M
+    events (docs/scale.md), but are only correct when no two of a window's users (or catalog
+    items) share a hash: two users merged under one key would be bounded as one user.
+    `unique_hashes_sql` checks that for every release; the DuckDB engine falls back to IDS
+    otherwise. The Spark engine keeps IDS (its `hash` is 32-bit)."""
 
     user: str
     item: str
