@@ -13,7 +13,11 @@ import pytest
 from cohort_pipeline import optouts
 from cohort_pipeline.cli import main
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.bounding import user_categories_sql, user_pairs_sql
+from cohort_pipeline.privacy.bounding import (
+    item_categories_sql,
+    user_categories_sql,
+    user_pairs_sql,
+)
 from cohort_pipeline.privacy.release import exact_cohort_counts
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
@@ -119,4 +123,8 @@ def _bounded_categories(data, events: pd.DataFrame, policy) -> pd.DataFrame:
             "all_varchar = true)"
         )
         con.execute(f"CREATE TABLE pairs AS {user_pairs_sql(policy, 'events')}")
-        return con.execute(user_categories_sql(policy, "pairs", "catalog")).df()
+        return con.execute(
+            f"SELECT v.user_id, n.category, v.value FROM ({user_categories_sql(policy, 'pairs', 'catalog')}) v"
+            f" JOIN (SELECT DISTINCT category_no, category FROM ({item_categories_sql('catalog')})) n"
+            " USING (category_no)"
+        ).df()
