@@ -66,18 +66,24 @@ def user_profiles(
 @asset(
     **asset_args(Group.COHORTS, Owner.DATA, PRIVATE, {"duckdb"}),
     deps=[user_profiles],
-    description="user -> cohort key (one full key of the policy's public key set per user).",
+    description="user -> cohort key (one full key of the policy's public key set per user): "
+    "a view of private.user_profiles, so it always matches the stored profiles.",
 )
 def cohort_assignments(context: AssetExecutionContext, warehouse: WarehouseResource):
     release_date = context.partition_key
     with warehouse.connect() as con:  # held: the lookup below reuses it
         version = data_version_of(warehouse, "private.user_profiles", release_date)
-        replace_partition(
-            con,
-            "private.cohort_assignments",
-            release_date,
-            f"SELECT user_id, cohort_key FROM private.user_profiles WHERE release_date = DATE '{release_date}'",
-            data_version=version,
+        # A view, not a copy: copying 2.1M users took 0.36 s at 100M events, and a view cannot
+        # keep an opted-out user that user_profiles has dropped. Earlier versions stored a table.
+        kind = con.execute(
+            "SELECT table_type FROM information_schema.tables"
+            " WHERE table_schema = 'private' AND table_name = 'cohort_assignments'"
+        ).fetchall()
+        if kind == [("BASE TABLE",)]:
+            con.execute("DROP TABLE private.cohort_assignments")
+        con.execute(
+            "CREATE OR REPLACE VIEW private.cohort_assignments AS"
+            " SELECT release_date, data_version, user_id, cohort_key FROM private.user_profiles"
         )
     return MaterializeResult(
         metadata={

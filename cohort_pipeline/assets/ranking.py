@@ -133,9 +133,9 @@ def cohort_recommendations(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    weights = release_rows(warehouse, "release.ranking_weights", release_date)
 
     def compute(release, plan):
+        weights = release_rows(warehouse, "release.ranking_weights", release_date)
         items = private_totals(warehouse, "private.item_totals", release)
         catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
         popularity = release_item_popularity(items, catalog, release.policy)
