@@ -58,7 +58,8 @@ class DuckDBEngine(BoundingEngine):
         try:
             profiles, *_ = bounded_totals(policy, day, events, catalog)
             create(*profiles)
-            # Hash keys when they are unique in this window, else the ids (same sums, slower).
+            # The profiles need no keys; the sums use hash keys when they are unique in this
+            # window, else the ids (same sums, slower).
             unique = con.execute(unique_hashes_sql(profiles[0], catalog)).fetchone()[0]
             keys = HASHES if unique else IDS
             for name, sql in bounded_totals(policy, day, events, catalog, keys)[1:]:
