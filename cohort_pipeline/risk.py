@@ -53,7 +53,8 @@ class AttackResult:
     attack: str
     arm: str
     advantage: float  # measured TPR - FPR
-    ci95: float  # half-width of its 95% interval (normal approximation)
+    low: float  # its 95% interval (measured_advantage)
+    high: float
     epsilon: float  # the epsilon of the attacker's view under the arm's accounting
     bound: float  # the largest advantage that epsilon (at delta) allows
     trials: int  # per world
@@ -62,7 +63,7 @@ class AttackResult:
 
     @property
     def within_bound(self) -> bool:
-        return self.advantage - self.ci95 <= self.bound
+        return self.low <= self.bound
 
 
 def advantage_bound(epsilon: float, delta: float) -> float:
@@ -71,17 +72,35 @@ def advantage_bound(epsilon: float, delta: float) -> float:
     return min(1.0, (math.expm1(epsilon) + 2.0 * delta) / (math.exp(epsilon) + 1.0))
 
 
-def measured_advantage(guess_world1: np.ndarray, guess_world0: np.ndarray) -> tuple[float, float]:
-    """(TPR - FPR, 95% half-width) from the attacker's boolean guesses in each world."""
+# Each rate's two-sided 97.5% interval, so TPR - FPR's interval covers at >= 95% (Bonferroni).
+Z = 2.241403
+
+
+def _wilson(p: float, n: int) -> tuple[float, float]:
+    # Wilson's score interval: sound at the few trials and the 0% / 100% rates a normal
+    # approximation gets wrong (it gives a zero-width interval there).
+    centre = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
+    return centre - half, centre + half
+
+
+def measured_advantage(
+    guess_world1: np.ndarray, guess_world0: np.ndarray
+) -> tuple[float, float, float]:
+    """(TPR - FPR, low, high) from the attacker's boolean guesses in each world; [low, high]
+    is its 95% interval."""
     tpr, fpr = float(np.mean(guess_world1)), float(np.mean(guess_world0))
-    var = tpr * (1 - tpr) / len(guess_world1) + fpr * (1 - fpr) / len(guess_world0)
-    return tpr - fpr, 1.959964 * math.sqrt(var)
+    (tpr_low, tpr_high), (fpr_low, fpr_high) = (
+        _wilson(tpr, len(guess_world1)),
+        _wilson(fpr, len(guess_world0)),
+    )
+    return tpr - fpr, tpr_low - fpr_high, tpr_high - fpr_low
 
 
 def _result(attack, arm, guesses1, guesses0, epsilon, delta, detail="", **extra) -> AttackResult:
-    adv, ci = measured_advantage(guesses1, guesses0)
+    adv, low, high = measured_advantage(guesses1, guesses0)
     bound = advantage_bound(epsilon, delta)
-    return AttackResult(attack, arm, adv, ci, epsilon, bound, len(guesses1), detail, **extra)
+    return AttackResult(attack, arm, adv, low, high, epsilon, bound, len(guesses1), detail, **extra)
 
 
 def synthetic_population(
@@ -292,8 +311,10 @@ def plot_png(results: list[AttackResult]) -> bytes:
     y = np.arange(len(frame))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(frame) + 1.2), dpi=90)
     ax.barh(y + 0.2, frame["bound"], height=0.4, color="#c8d6e5", label="bound implied by ε")
-    ax.barh(y - 0.2, frame["advantage"].clip(lower=0), height=0.4, xerr=frame["ci95"],
-            color="#ee5253", label="measured advantage")  # fmt: skip
+    shown = frame["advantage"].clip(lower=0)
+    spread = [shown - frame["low"].clip(upper=shown), (frame["high"] - shown).clip(lower=0)]
+    ax.barh(y - 0.2, shown, height=0.4, xerr=spread, color="#ee5253",
+            label="measured advantage (95% interval)")  # fmt: skip
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
@@ -308,7 +329,7 @@ def plot_png(results: list[AttackResult]) -> bytes:
 
 def report_markdown(results: list[AttackResult], png: bytes | None = None) -> str:
     frame = results_frame(results)
-    table = frame[["attack", "arm", "advantage", "ci95", "epsilon", "bound", "within_bound",
+    table = frame[["attack", "arm", "advantage", "low", "high", "epsilon", "bound", "within_bound",
                    "trials", "detail"]].round(4).to_markdown(index=False)  # fmt: skip
     parts = [
         "## Attack simulations (synthetic neighbouring datasets, never real users)",

@@ -9,6 +9,7 @@ import base64
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from dagster import materialize
 
@@ -36,6 +37,18 @@ def test_advantage_bound():
     assert risk.advantage_bound(1.0, 0.0) == pytest.approx(math.tanh(0.5))
     assert risk.advantage_bound(0.0, 0.1) == pytest.approx(0.1)
     assert risk.advantage_bound(50.0, 0.0) == pytest.approx(1.0)
+
+
+def test_the_interval_is_honest_at_few_trials_and_decisive_at_many():
+    # 8/10 against 1/10 is chance-compatible with the singling-out bound (0.32); a normal
+    # approximation called it significant and failed the check about once in 60 results.
+    adv, low, high = risk.measured_advantage(np.arange(10) < 8, np.arange(10) < 1)
+    assert adv == pytest.approx(0.7) and low < 0.32 < high
+    # Every guess right over 1,000 trials: far outside any small epsilon's bound.
+    adv, low, high = risk.measured_advantage(np.ones(1000, bool), np.zeros(1000, bool))
+    assert adv == 1.0 and low > 0.98 and high == pytest.approx(1.0)
+    result = risk.AttackResult("a", "b", adv, low, high, 0.5, risk.advantage_bound(0.5, 0), 1000)
+    assert not result.within_bound
 
 
 def test_differencing_stays_within_the_bound_and_succeeds_without_privacy(policy):
