@@ -8,8 +8,8 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         # Versions the project is tested against (see design §5 for why each is pinned).
-        "dagster==1.13.28",
-        "dagster-webserver==1.13.28",
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
         "pandas>=3.0,<3.2",
         "opendp==0.16.0",
         "duckdb==2.0.1",
@@ -19,8 +19,10 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", "playwright>=1.50"],
-        # COHORT_PIPELINE_ENGINE=spark (needs Java 17+); sqlglot translates the bounding SQL.
-        "spark": ["pyspark>=4.0,<5", "sqlglot>=30.30,<31"],
+        # COHORT_PIPELINE_ENGINE=spark (needs Java 17+), through Dagster's PySpark integration
+        # (whose newest release pins dagster 1.13.27, hence the pin above); sqlglot translates
+        # the bounding SQL.
+        "spark": ["pyspark>=4.0,<5", "dagster-pyspark==0.29.27", "sqlglot>=30.30,<31"],
         # benchmarks/ only; the peer DP libraries get their own venvs there (design §5).
         "benchmarks": ["psutil>=5.9"],
     },

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from dagster_pyspark import PySparkResource
 
 from cohort_pipeline.definitions import resources_for
 from cohort_pipeline.engines import DuckDBEngine
@@ -105,3 +106,15 @@ def test_only_utc_wall_time_translates_to_spark():
     assert "TIMEZONE" not in to_spark_sql("SELECT CAST(timezone('UTC', t) AS DATE) FROM e").upper()
     with pytest.raises(ValueError, match="timezone"):
         to_spark_sql("SELECT timezone('Europe/Paris', t) FROM e")
+
+
+def test_the_spark_session_comes_from_dagsters_pyspark_resource(tmp_path, monkeypatch):
+    """In a run, Dagster initializes the engine's PySparkResource (the parity test above runs
+    on that session); a direct call outside a run starts one from the same settings."""
+    monkeypatch.setenv("COHORT_PIPELINE_ENGINE", "spark")
+    engine = resources_for(tmp_path)["engine"]
+    assert isinstance(engine.pyspark, PySparkResource)
+    assert engine.pyspark.spark_session is None  # not in a run: nothing started yet
+    session = engine.session()
+    assert session.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert session.range(3).count() == 3

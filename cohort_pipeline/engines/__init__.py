@@ -11,6 +11,7 @@ translates it, and a parity test holds the two engines to the same results.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
@@ -79,12 +80,18 @@ def engine_for(data: Path) -> BoundingEngine:
     if name == "duckdb":
         return DuckDBEngine()
     if name == "spark":
-        from cohort_pipeline.engines.spark import SparkEngine
+        from dagster_pyspark import PySparkResource
 
+        from cohort_pipeline.engines.spark import SparkEngine, spark_config
+
+        # Spark's Python workers must be this environment's interpreter (design §5); set
+        # before Dagster starts the session.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        master = os.environ.get("COHORT_PIPELINE_SPARK_MASTER", "local[2]")
         return SparkEngine(
             stage_dir=os.environ.get(
                 "COHORT_PIPELINE_SPARK_STAGE_DIR", str(Path(data) / "spark_stage")
             ),
-            master=os.environ.get("COHORT_PIPELINE_SPARK_MASTER", "local[2]"),
+            pyspark=PySparkResource(spark_config=spark_config(master)),
         )
     raise ValueError(f"{ENGINE_ENV}={name!r}: expected one of {', '.join(ENGINES)}")

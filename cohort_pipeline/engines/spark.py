@@ -11,9 +11,7 @@ can read (docs/scale.md).
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import duckdb
 import sqlglot
+from dagster_pyspark import PySparkResource
+from dagster_pyspark.resources import spark_session_from_config
 from sqlglot import exp
 
 from cohort_pipeline.engines import BoundingEngine
@@ -68,26 +68,32 @@ def to_spark_sql(sql: str) -> str:
     return tree.sql(dialect="spark")
 
 
+def spark_config(master: str, **settings: str) -> dict[str, str]:
+    """The session settings the engine runs with; `settings` add or override any."""
+    return {
+        "spark.master": master,
+        "spark.app.name": "cohort_pipeline",
+        "spark.sql.session.timeZone": "UTC",  # see _utc_wall_time
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "4",  # sized for local[2]
+        **settings,
+    }
+
+
 class SparkEngine(BoundingEngine):
-    """Bounding on Spark. `master` is `local[N]` on one machine or a cluster URL
-    (`spark://host:7077`, `yarn`, `k8s://...`); `spark_config` adds any Spark setting."""
+    """Bounding on Spark, through Dagster's PySpark integration: `pyspark` is a
+    `dagster_pyspark.PySparkResource`, whose `spark_config` holds every session setting
+    (`spark_config()`; `spark.master` is `local[N]` on one machine or a cluster URL:
+    `spark://host:7077`, `yarn`, `k8s://...`)."""
 
     stage_dir: str
-    master: str = "local[2]"
-    spark_config: dict[str, str] = {}
+    pyspark: PySparkResource
 
     def session(self):
-        from pyspark.sql import SparkSession
-
-        # Python workers must be this environment's interpreter, not the system one (design §5).
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = SparkSession.builder.master(self.master).appName("cohort_pipeline")
-        conf = {"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false",
-                "spark.ui.showConsoleProgress": "false",
-                "spark.sql.shuffle.partitions": "4", **self.spark_config}  # fmt: skip
-        for key, value in conf.items():
-            builder = builder.config(key, value)
-        return builder.getOrCreate()
+        # Dagster starts the session when it initializes the resource for a run; a direct
+        # call (a script, a benchmark) starts it the same way.
+        return self.pyspark.spark_session or spark_session_from_config(self.pyspark.spark_config)
 
     @contextmanager
     def bounded_tables(
