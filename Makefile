@@ -22,12 +22,18 @@ $(DATA)/events: | install
 
 data: $(DATA)/events
 
+# Another data dir starts from the repo's default policy (edit it there before releasing).
+$(DATA)/policy.yaml:
+	mkdir -p $(DATA)
+	cp data/policy.yaml $@
+	@echo "copied the default policy to $@"
+
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
 # The latest day's release, stored in DAGSTER_HOME so the UI shows it and its checks.
-release: data $(DAGSTER_HOME)/dagster.yaml
+release: data $(DATA)/policy.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m cohort_pipeline.definitions --select '*' \
 	  --partition $$($(BIN)/cohort-pipeline --data-dir $(DATA) latest-date)
 
