@@ -90,10 +90,8 @@ def measured_advantage(
     """(TPR - FPR, low, high) from the attacker's boolean guesses in each world; [low, high]
     is its 95% interval."""
     tpr, fpr = float(np.mean(guess_world1)), float(np.mean(guess_world0))
-    (tpr_low, tpr_high), (fpr_low, fpr_high) = (
-        _wilson(tpr, len(guess_world1)),
-        _wilson(fpr, len(guess_world0)),
-    )
+    tpr_low, tpr_high = _wilson(tpr, len(guess_world1))
+    fpr_low, fpr_high = _wilson(fpr, len(guess_world0))
     return tpr - fpr, tpr_low - fpr_high, tpr_high - fpr_low
 
 
