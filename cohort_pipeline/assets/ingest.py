@@ -69,6 +69,10 @@ def raw_events(
             "SELECT * FROM window_events",
             data_version=result.data_version,
         )
+        # Write the window out now, so that the checkpoint at this step's close (after the
+        # small writes below) is the one that vacuums (merges) its part-filled row groups;
+        # otherwise the next asset to write a table pays for it (~0.25 s at 10M events).
+        con.execute("CHECKPOINT")
         replace_partition(
             con,
             "private.rejected_events",
