@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -213,7 +214,7 @@ def _as_read() -> str:
     )
 
 
-def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now) -> None:
+def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, progress) -> None:
     """One pass per file: accepted candidates (typed, plus raw text only where it differs from
     the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
     into `window_rejected`, outcome counts and the accepted rows' content hash into
@@ -262,6 +263,8 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now) -> 
             SELECT file_no, outcome, count(*), {_content()} FILTER (outcome = 'accepted')
             FROM file_checked GROUP BY ALL
         """)
+        if progress:
+            progress(file_no + 1, len(files))
     con.execute("DROP TABLE IF EXISTS file_checked")
 
 
@@ -307,6 +310,7 @@ def load_window(
     last: date,
     now: pd.Timestamp | None = None,
     secret: bytes = b"",
+    progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
     """Create temp tables `window_events` (accepted rows in [first, last]) and
     `window_rejected` (quarantined rows, as read, with a reason) from every file in
@@ -315,6 +319,7 @@ def load_window(
     `catalog` and `opt_outs` name relations with item_id and user_id columns. The data
     version is keyed with the warehouse's private `secret`: it is published (ledger, release
     tables), and an unkeyed hash of the data would let anyone test guesses about it.
+    `progress(done, total)` is called after each file is validated.
     """
     now = now or pd.Timestamp.now(tz="UTC")
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, whoever opened `con`
@@ -324,7 +329,7 @@ def load_window(
     con.executemany(
         "INSERT INTO files_read VALUES (?, ?)", [[n, str(p)] for n, p in enumerate(files)]
     )
-    _read_files(con, files, catalog, opt_outs, first, last, now)
+    _read_files(con, files, catalog, opt_outs, first, last, now, progress)
     _drop_duplicates(con)
     counts = ", ".join(
         f"CAST(coalesce(sum(o.n) FILTER (o.outcome = '{o}'), 0) AS BIGINT) AS {o}" for o in OUTCOMES

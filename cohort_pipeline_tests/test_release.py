@@ -101,6 +101,25 @@ def test_old_windows_are_removed_and_an_old_date_reruns_from_the_event_files(
     pd.testing.assert_frame_equal(release_rows(small_dir, "cohort_sizes", earlier), sizes)
 
 
+def test_long_steps_log_their_progress_in_counts_only(small_dir):
+    """The ingest logs how many event files it has validated, and user_profiles each bounding
+    query it has finished: counts only, no file names (they stay in private.ingest_report)."""
+    instance = DagsterInstance.ephemeral()
+    result = run_release(
+        small_dir, instance=instance, selection=["opt_outs", "raw_events", "user_profiles"]
+    )
+    assert result.success
+    logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    files = sorted(p.name for p in (small_dir / "events").iterdir())
+    assert len(files) > 1
+    validated = [m for m in logged if m.startswith("event files validated:")]
+    assert validated[0] == f"event files validated: 1 of {len(files)}"
+    assert validated[-1] == f"event files validated: {len(files)} of {len(files)}"
+    bounding = [m for m in logged if m.startswith("bounding queries done:")]
+    assert bounding == [f"bounding queries done: {n} of 5" for n in range(1, 6)]
+    assert not [m for m in validated + bounding if any(name in m for name in files)]
+
+
 def test_keep_windows_must_be_a_positive_count(monkeypatch):
     from cohort_pipeline.definitions import keep_windows
 

@@ -11,6 +11,7 @@ from cohort_pipeline.assets.common import (
     asset_args,
     data_version_of,
     private_metadata,
+    progress_log,
 )
 from cohort_pipeline.assets.ingest import raw_events
 from cohort_pipeline.engines import BoundingEngine
@@ -48,7 +49,9 @@ def user_profiles(
         )
         day = date.fromisoformat(release_date)
         # DuckDB or Spark, by COHORT_PIPELINE_ENGINE; the tables land in the warehouse either way.
-        with engine.bounded_tables(con, policy, day, "events", "catalog") as tables:
+        progress = progress_log(context, "bounding queries done", every_s=0)
+        with engine.bounded_tables(con, policy, day, "events", "catalog", progress) as tables:
+            context.log.info(f"storing {len(tables)} bounded tables in the private schema")
             for table, sql in tables:
                 replace_partition(con, table, release_date, sql, data_version=version)
         # Earlier versions kept every user's category and item vectors; nothing reads them now.

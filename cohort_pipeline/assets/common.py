@@ -3,7 +3,8 @@ the consistent-release lookup. Nothing here computes a private value."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,6 +94,21 @@ def private_metadata(table: str, columns: pd.DataFrame | dict) -> dict:
 
 def table_preview(frame: pd.DataFrame, digits: int = 3) -> MetadataValue:
     return MetadataValue.md(frame.round(digits).to_markdown(index=False))
+
+
+def progress_log(context, what: str, every_s: float = 5.0) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback for long steps: logs "<what>: done of total" at
+    most every `every_s` seconds, and always the first and the last. Counts of files or
+    queries only: names and row counts stay in the warehouse."""
+    last = -float("inf")
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        if done in (1, total) or time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            context.log.info(f"{what}: {done} of {total}")
+
+    return report
 
 
 def data_version_of(warehouse: WarehouseResource, table: str, release_date: str) -> str:

@@ -11,6 +11,7 @@ from cohort_pipeline.assets.common import (
     Owner,
     asset_args,
     private_metadata,
+    progress_log,
 )
 from cohort_pipeline.ingest import COLUMNS, load_window
 from cohort_pipeline.privacy.bounding import window
@@ -60,8 +61,16 @@ def raw_events(
             f"SELECT user_id FROM private.opt_outs WHERE release_date = DATE '{release_date}'"
         )
         result = load_window(
-            con, pipeline.events_dir, "catalog", "current_opt_outs", first, last, secret=key
+            con,
+            pipeline.events_dir,
+            "catalog",
+            "current_opt_outs",
+            first,
+            last,
+            secret=key,
+            progress=progress_log(context, "event files validated"),
         )
+        context.log.info("storing the validated window in private.raw_events")
         replace_partition(
             con,
             "private.raw_events",

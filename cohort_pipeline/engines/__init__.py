@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from pathlib import Path
@@ -31,16 +31,24 @@ from cohort_pipeline.privacy.bounding import (
 
 ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
 ENGINES = ("duckdb", "spark")
+Progress = Callable[[int, int], None]  # (done, total)
 
 
 class BoundingEngine(ConfigurableResource):
     """Runs the bounding queries of a release; the resource under the key "engine"."""
 
     def bounded_tables(
-        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
+        self,
+        con: duckdb.DuckDBPyConnection,
+        policy: Policy,
+        day: date,
+        events: str,
+        catalog: str,
+        progress: Progress | None = None,
     ) -> AbstractContextManager[list[tuple[str, str]]]:
         """A context yielding (private table, query over `con`) pairs, valid inside the block.
-        `events` (validated window events) and `catalog` name relations of `con`."""
+        `events` (validated window events) and `catalog` name relations of `con`;
+        `progress(done, total)` is called after each bounding query."""
         raise NotImplementedError
 
 
@@ -48,16 +56,20 @@ class DuckDBEngine(BoundingEngine):
     """Bounding inside the warehouse connection: nothing leaves DuckDB."""
 
     @contextmanager
-    def bounded_tables(self, con, policy, day, events, catalog) -> Iterator[list[tuple[str, str]]]:
+    def bounded_tables(
+        self, con, policy, day, events, catalog, progress=None
+    ) -> Iterator[list[tuple[str, str]]]:
         names = []
+        profiles, *sums = bounded_totals(policy, day, events, catalog)
 
         def create(name: str, sql: str) -> None:
             # A temp table under its own name: the next queries read it as such.
             con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
             names.append(name)
+            if progress:
+                progress(len(names), 1 + len(sums))
 
         try:
-            profiles, *_ = bounded_totals(policy, day, events, catalog)
             create(*profiles)
             # The profiles need no keys; the sums use hash keys when they are unique in this
             # window, else the ids (same sums, slower).

@@ -24,7 +24,7 @@ from dagster_pyspark import PySparkResource
 from dagster_pyspark.resources import spark_session_from_config
 from sqlglot import exp
 
-from cohort_pipeline.engines import BoundingEngine
+from cohort_pipeline.engines import BoundingEngine, Progress
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.bounding import bounded_totals, working
 
@@ -97,7 +97,13 @@ class SparkEngine(BoundingEngine):
 
     @contextmanager
     def bounded_tables(
-        self, con: duckdb.DuckDBPyConnection, policy: Policy, day: date, events: str, catalog: str
+        self,
+        con: duckdb.DuckDBPyConnection,
+        policy: Policy,
+        day: date,
+        events: str,
+        catalog: str,
+        progress: Progress | None = None,
     ) -> Iterator[list[tuple[str, str]]]:
         # The staged Parquet is removed when the block ends, once the warehouse has loaded it.
         stage = Path(self.stage_dir) / f"bounding-{uuid.uuid4().hex}"
@@ -109,11 +115,14 @@ class SparkEngine(BoundingEngine):
                             "(FORMAT parquet, PER_THREAD_OUTPUT true)")  # fmt: skip
                 spark.read.parquet(str(stage / name)).createOrReplaceTempView(name)
             queries = []
-            for name, sql in bounded_totals(policy, day, events, catalog):
+            bounding = bounded_totals(policy, day, events, catalog)
+            for done, (name, sql) in enumerate(bounding, start=1):
                 target = stage / name
                 spark.sql(to_spark_sql(sql)).write.parquet(str(target))
                 # Later queries read this table by name, as on DuckDB.
                 spark.read.parquet(str(target)).createOrReplaceTempView(name)
+                if progress:
+                    progress(done, len(bounding))
                 if not working(name):
                     queries.append(
                         (f"private.{name}", f"SELECT * FROM read_parquet('{target}/*.parquet')")
