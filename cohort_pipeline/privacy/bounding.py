@@ -147,19 +147,53 @@ def item_categories_sql(catalog: str, keys: Keys = IDS) -> str:
     )
 
 
+def _category_weights_sql(pairs: str, catalog: str, keys: Keys) -> str:
+    """(user_id, category_no, w): a user's summed weight per category, from `pairs` (the rows
+    of user_pairs_sql). Items outside the catalog have no category and count for nothing."""
+    return (
+        f"SELECT p.user_id, c.category_no, sum(p.w) AS w FROM {pairs} p"
+        f" JOIN ({item_categories_sql(catalog, keys)}) c USING (item_id) GROUP BY ALL"
+    )
+
+
+def _category_scales_sql(policy: Policy, weights: str) -> str:
+    """(user_id, scale): the factor that scales a user's `weights` to L2 norm
+    `category_l2_norm`; a user without engagement has no row (and no vector)."""
+    return (
+        f"SELECT user_id, {policy.category_l2_norm} / sqrt(sum(w * w)) AS scale FROM {weights}"
+        " GROUP BY user_id HAVING sum(w * w) > 0"
+    )
+
+
 def user_categories_sql(policy: Policy, pairs: str, catalog: str, keys: Keys = IDS) -> str:
     """One row per user x category (`category_no`, see item_categories_sql): the user's
-    weighted engagement (from `pairs`, the rows of user_pairs_sql) scaled to L2 norm
-    `category_l2_norm`. Items outside the catalog have no category and count for nothing."""
+    weighted engagement scaled to L2 norm `category_l2_norm`."""
     return f"""
-    WITH w AS (
-        SELECT p.user_id, c.category_no, sum(p.w) AS w
-        FROM {pairs} p JOIN ({item_categories_sql(catalog, keys)}) c USING (item_id)
-        GROUP BY ALL
+    WITH w AS ({_category_weights_sql(pairs, catalog, keys)}),
+    s AS ({_category_scales_sql(policy, "w")})
+    SELECT user_id, category_no, w * scale AS value FROM w JOIN s USING (user_id)
+    """
+
+
+def cohort_category_totals_sql(
+    policy: Policy, pairs: str, catalog: str, profiles: str, keys: Keys = IDS
+) -> str:
+    """Per full cohort key x category, the sum of the members' user_categories_sql vectors.
+    A user's scale and cohort are joined first, so that the (user, category) weights (11M
+    rows at 100M events) are joined once, not twice (~0.3 s at 100M events)."""
+    return f"""
+    WITH w AS ({_category_weights_sql(pairs, catalog, keys)}),
+    u AS (
+        SELECT s.user_id, s.scale, p.cohort_key FROM ({_category_scales_sql(policy, "w")}) s
+        JOIN (SELECT {keys.user} AS user_id, cohort_key FROM {profiles}) p USING (user_id)
     ),
-    norms AS (SELECT user_id, sqrt(sum(w * w)) AS norm FROM w GROUP BY user_id)
-    SELECT user_id, category_no, {policy.category_l2_norm} * w / norm AS value
-    FROM w JOIN norms USING (user_id) WHERE norm > 0
+    sums AS (
+        SELECT u.cohort_key, w.category_no, sum(w.w * u.scale) AS value
+        FROM w JOIN u USING (user_id) GROUP BY u.cohort_key, w.category_no
+    )
+    SELECT sums.cohort_key, n.category, sums.value FROM sums
+    JOIN (SELECT DISTINCT category_no, category FROM ({item_categories_sql(catalog, keys)})) n
+    USING (category_no)
     """
 
 
@@ -200,13 +234,7 @@ def bounded_totals(
         ("_pairs", user_pairs_sql(policy, events, keys)),
         (
             "cohort_category_totals",
-            f"SELECT s.cohort_key, n.category, s.value FROM (SELECT p.cohort_key,"
-            f" c.category_no, sum(c.value) AS value"
-            f" FROM ({user_categories_sql(policy, '_pairs', catalog, keys)}) c"
-            f" JOIN (SELECT {keys.user} AS user_id, cohort_key FROM user_profiles) p"
-            " USING (user_id) GROUP BY p.cohort_key, c.category_no) s"
-            f" JOIN (SELECT DISTINCT category_no, category"
-            f" FROM ({item_categories_sql(catalog, keys)})) n USING (category_no)",
+            cohort_category_totals_sql(policy, "_pairs", catalog, "user_profiles", keys),
         ),
         (
             "item_totals",
