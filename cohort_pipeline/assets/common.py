@@ -4,7 +4,7 @@ the consistent-release lookup. Nothing here computes a private value."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ from dagster import (
     TableSchema,
 )
 
+from cohort_pipeline.engines import Progress
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy.accounting import Spend
 from cohort_pipeline.privacy.release import mechanisms
@@ -96,7 +97,7 @@ def table_preview(frame: pd.DataFrame, digits: int = 3) -> MetadataValue:
     return MetadataValue.md(frame.round(digits).to_markdown(index=False))
 
 
-def progress_log(context, what: str, every_s: float = 5.0) -> Callable[[int, int], None]:
+def progress_log(context, what: str, every_s: float = 5.0) -> Progress:
     """A `progress(done, total)` callback for long steps: logs "<what>: done of total" at
     most every `every_s` seconds, and always the first and the last. Counts of files or
     queries only: names and row counts stay in the warehouse."""
