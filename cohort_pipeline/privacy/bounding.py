@@ -180,7 +180,7 @@ def cohort_category_totals_sql(
 ) -> str:
     """Per full cohort key x category, the sum of the members' user_categories_sql vectors.
     A user's scale and cohort are joined first, so that the (user, category) weights (11M
-    rows at 100M events) are joined once, not twice (~0.3 s at 100M events)."""
+    rows at 100M events) are joined once, not twice (4.0-4.2 s against 4.6 s at 100M events)."""
     return f"""
     WITH w AS ({_category_weights_sql(pairs, catalog, keys)}),
     u AS (
