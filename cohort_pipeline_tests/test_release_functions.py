@@ -125,3 +125,25 @@ def test_affinity_gives_every_cohort_and_category_a_value(policy):
     assert len(out) == len(plan) * 3
     assert (out["share"] >= 0).all()
     assert out.groupby("cohort_key")["share"].sum().to_numpy() == pytest.approx(np.ones(len(plan)))
+
+
+def test_affinity_shares_follow_a_planted_preference(policy):
+    """Each cohort of 20,000 users gives 70% of its (unit-norm) engagement to its own
+    favourite category: the released shares must find each favourite near 0.7 (the noise on
+    a sum of 20,000 is ~1e-4 of it), not a uniform or shuffled profile."""
+    categories = ["books", "garden", "music", "toys"]
+    plan = _plan(policy, n=20_000.0)
+    favourite = {key: categories[i % len(categories)] for i, key in enumerate(plan.cohort_key)}
+    totals = pd.DataFrame(
+        [
+            {"cohort_key": key, "category": c, "value": 20_000 * (0.7 if c == fav else 0.1)}
+            for key, fav in favourite.items()
+            for c in categories
+        ]
+    )
+    out = release_cohort_affinity(totals, plan, categories, policy)
+    shares = out.pivot(index="cohort_key", columns="category", values="share")
+    assert shares.idxmax(axis=1).to_dict() == favourite
+    for key, fav in favourite.items():
+        assert shares.loc[key, fav] == pytest.approx(0.7, abs=0.01)
+        assert shares.loc[key].drop(fav).to_numpy() == pytest.approx([0.1] * 3, abs=0.01)
