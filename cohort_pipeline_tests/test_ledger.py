@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cohort_pipeline.privacy.accounting import (
+    Charge,
     Spend,
     compose,
-    epsilon_from_rho,
     worst_window_spend,
 )
 from cohort_pipeline.privacy.ledger import (
@@ -63,12 +63,13 @@ def raw(path, sql: str) -> None:
         con.close()
 
 
-def ledger_spends(ledger) -> list[tuple[date, Spend]]:
+def ledger_spends(ledger) -> list[tuple[date, Charge]]:
     rows = ledger.rows()
     return [
-        (ts.date(), Spend(e, d, r))
-        for ts, e, d, r in zip(rows.release_date, rows.epsilon, rows.delta, rows.rho, strict=True)
-    ]
+        (r.release_date.date(), Charge.of(r.mechanism, Spend(r.epsilon, r.delta, r.rho),
+                                          r.sensitivity, r.noise_scale))
+        for r in rows.itertuples()
+    ]  # fmt: skip
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_reserve_records_every_column_and_is_durable(path):
     res = ledger.reserve(DAY0, ms, policy_hash="p1", data_version="v1", run_id="r1", cap=cap)
 
     assert not res.reused and res.release_date == DAY0 and res.epsilon_cap == 12.0
-    expected = worst_window_spend([(DAY0, m.spend) for m in ms], 30, "zcdp", DELTA, DAY0)[0]
+    expected = worst_window_spend([(DAY0, m.charge) for m in ms], 30, "zcdp", DELTA, DAY0)[0]
     assert res.epsilon_spent == pytest.approx(expected)
     rows = res.rows
     assert list(rows.columns) == list(COLUMNS)
@@ -173,10 +174,10 @@ def test_reading_a_missing_ledger_neither_fails_nor_creates_it(path):
 
 def test_zcdp_admits_more_daily_releases_than_basic(tmp_path):
     rho = 0.01
-    spend = Spend.zcdp(rho, DELTA)
-    cap_eps = epsilon_from_rho(30 * rho, DELTA)  # exactly 30 releases' worth under zCDP
+    charge = gauss(rho).charge
+    cap_eps = compose([charge] * 30, "zcdp", DELTA)[0]  # exactly 30 releases' worth under PLD
     expected_basic = max(
-        n for n in range(31) if compose([spend] * n, "basic", DELTA)[0] <= cap_eps + 1e-9
+        n for n in range(31) if compose([charge] * n, "basic", DELTA)[0] <= cap_eps + 1e-9
     )
     assert expected_basic < 30
 
@@ -226,13 +227,13 @@ def test_backfill_counts_every_window_containing_its_date(path):
 )
 def test_no_window_ever_exceeds_the_cap(composition, window, requests):
     cap = BudgetCap(4.0, window, DELTA, composition)
-    spends: list[tuple[date, Spend]] = []  # model of the ledger, checked against it at the end
+    spends: list[tuple[date, Charge]] = []  # model of the ledger, checked against it at the end
     reserved: set[tuple[date, str]] = set()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "l.duckdb")
         for offset, epsilon, version in requests:
             d = DAY0 + timedelta(days=offset)
-            new = [*spends, (d, Spend.pure(epsilon))]
+            new = [*spends, (d, pure(epsilon).charge)]
             fits = worst_window_spend(new, window, composition, DELTA, d)[0] <= 4.0 + 1e-9
             try:
                 res = reserve(ledger, d, [pure(epsilon)], cap, data_version=version)
@@ -417,7 +418,7 @@ def test_summary(path):
     }
     # default as_of is the latest release date; its window holds only the third release
     assert s["as_of"] == "2024-03-11"
-    assert s["epsilon_spent"] == pytest.approx(epsilon_from_rho(0.05, DELTA))
+    assert s["epsilon_spent"] == pytest.approx(compose([gauss(0.05).charge], "zcdp", DELTA)[0])
     assert s["epsilon_remaining"] == pytest.approx(12.0 - s["epsilon_spent"])
     assert s["verified"] is True and s["problems"] == []
 
@@ -429,13 +430,15 @@ def test_summary(path):
     first = s["releases"][0]
     spends = [m.spend for m in releases[0][2]]
     assert first["measurements"] == 2 and first["policy_hash"] == "p1"
-    assert (first["epsilon"], first["delta"]) == pytest.approx(compose(spends, "zcdp", DELTA))
+    assert (first["epsilon"], first["delta"]) == pytest.approx(
+        compose([m.charge for m in releases[0][2]], "zcdp", DELTA)
+    )
     assert first["rho"] == pytest.approx(sum(sp.rho for sp in spends))
 
     early = ledger.summary(cap, as_of=DAY0 + timedelta(days=3))
-    both = [m.spend for _, _, ms in releases[:2] for m in ms]
+    both = [m.charge for _, _, ms in releases[:2] for m in ms]
     assert early["as_of"] == "2024-03-04"
     assert early["epsilon_spent"] == pytest.approx(compose(both, "zcdp", DELTA)[0])
 
     basic = ledger.summary(BudgetCap(12.0, 7, DELTA, "basic"), as_of=DAY0)
-    assert basic["epsilon_spent"] == pytest.approx(sum(sp.epsilon for sp in both))
+    assert basic["epsilon_spent"] == pytest.approx(sum(c.spend.epsilon for c in both))
