@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from datetime import date, timedelta
+from importlib import metadata
 from pathlib import Path
 
 import duckdb
@@ -442,3 +443,80 @@ def test_summary(path):
 
     basic = ledger.summary(BudgetCap(12.0, 7, DELTA, "basic"), as_of=DAY0)
     assert basic["epsilon_spent"] == pytest.approx(sum(c.spend.epsilon for c in both))
+
+
+# -- per-user horizon and delta caps -----------------------------------------------------
+
+
+def test_horizon_cap_refuses_a_release_that_pushes_any_span_over_it_and_writes_nothing(path):
+    # lookback 3, horizon 4: a span of 6 release dates. Window cap open (30 days, cap 100).
+    cap = BudgetCap(100.0, 30, DELTA, "basic", epsilon_horizon_cap=2.0, horizon_days=4,
+                    lookback_days=3)  # fmt: skip
+    ledger = Ledger(path)
+    day = lambda n: DAY0 + timedelta(days=n)  # noqa: E731
+    for n in (0, 5, 10):
+        reserve(ledger, day(n), [pure(1.0)], cap)
+    before = ledger.rows()
+    # day 7 would share the span [5, 10] with 5 and 10: 3 > 2
+    with pytest.raises(BudgetExceeded) as err:
+        reserve(ledger, day(7), [pure(1.0)], cap)
+    message = str(err.value)
+    assert "budget.epsilon_horizon_cap" in message and "horizon span" in message
+    assert "Nothing was recorded" in message
+    assert ledger.rows().row_hash.tolist() == before.row_hash.tolist() and ledger.verify() == []
+    # day 16's spans [11, 16] .. [16, 21] hold nothing else; its 30-day window holds all
+    assert reserve(ledger, day(16), [pure(1.0)], cap).epsilon_spent == 4.0
+    summary = ledger.summary(cap, as_of=day(5))
+    assert summary["horizon_epsilon"] == 2.0 and summary["horizon_span_days"] == 6
+    assert summary["horizon_remaining"] == 0.0 and summary["horizon_days"] == 4
+
+
+def test_horizon_cap_under_pld_bounds_every_span(path):
+    cap = BudgetCap(100.0, 2, DELTA, "zcdp", epsilon_horizon_cap=1.5, horizon_days=5,
+                    lookback_days=2)  # fmt: skip
+    ledger = Ledger(path)
+    admitted = []
+    for n in range(12):
+        try:
+            reserve(ledger, DAY0 + timedelta(days=n), [gauss(0.02)], cap)
+            admitted.append(n)
+        except BudgetExceeded as exc:
+            assert "budget.epsilon_horizon_cap" in str(exc)
+    charges = ledger_spends(ledger)
+    assert 0 < len(admitted) < 12
+    for d, _ in charges:
+        assert worst_window_spend(charges, 6, "zcdp", DELTA, d)[0] <= 1.5 + 1e-9
+    # the refused ones would have broken it
+    for n in set(range(12)) - set(admitted):
+        d = DAY0 + timedelta(days=n)
+        assert worst_window_spend([*charges, (d, gauss(0.02).charge)], 6, "zcdp", DELTA, d)[0] > 1.5
+
+
+def test_basic_composition_caps_summed_delta(path):
+    cap = BudgetCap(100.0, 7, DELTA, "basic", horizon_days=1, delta_cap=2.5 * DELTA)
+    ledger = Ledger(path)
+    reserve(ledger, DAY0, [gauss(0.01)], cap)
+    reserve(ledger, DAY0 + timedelta(days=1), [gauss(0.01)], cap)
+    before = ledger.rows()
+    with pytest.raises(BudgetExceeded) as err:
+        reserve(ledger, DAY0 + timedelta(days=2), [gauss(0.01)], cap)
+    assert "delta 3e-07 > cap 2.5e-07 (`budget.delta_cap`)" in str(err.value)
+    assert ledger.rows().row_hash.tolist() == before.row_hash.tolist()
+    assert ledger.summary(cap)["delta_spent"] == pytest.approx(2 * DELTA)
+    # a week later the window no longer holds them
+    reserve(ledger, DAY0 + timedelta(days=8), [gauss(0.01)], cap)
+    with pytest.raises(ValueError, match="delta_cap"):
+        BudgetCap(1.0, 7, DELTA, "basic", delta_cap=DELTA / 2)
+
+
+def test_rows_record_the_accountant(path):
+    ledger = Ledger(path)
+    reserve(ledger, DAY0, [pure(1.0)], BudgetCap(10.0, 7, DELTA, "zcdp"))
+    reserve(ledger, DAY0 + timedelta(days=1), [pure(1.0)], basic_cap(10))
+    assert ledger.rows()["accountant"].tolist() == [
+        f"dp-accounting {metadata.version('dp-accounting')} PLD",
+        "basic composition (sums of epsilon and delta)",
+    ]
+    assert ledger.verify() == []
+    raw(path, "UPDATE privacy_spend SET accountant = 'none' WHERE seq = 1")
+    assert any("row edited" in p for p in ledger.verify())  # the accountant is hashed too
