@@ -12,7 +12,9 @@ the main schema (so `ATTACH 'ledger.duckdb'` names them `ledger.privacy_spend`):
   because a chain alone cannot reveal a truncated tail.
 
 `Ledger.reserve` is the admission decision: in one transaction it verifies the chain, reuses an
-identical earlier reservation, or checks the cap and appends. DuckDB lets one process at a time
+identical earlier reservation, or checks the caps (`BudgetCap`: every cap window and per-user
+horizon span containing the date, composed by the policy's accountant, recorded per row in
+`accountant`) and appends. DuckDB lets one process at a time
 open the file read-write, so that transaction is atomic across processes; connections are
 short-lived so other processes (sensors, the CLI, parallel steps) get their turn.
 """
