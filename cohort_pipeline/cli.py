@@ -50,16 +50,28 @@ def cmd_latest_date(args) -> int:
 
 
 def cmd_ledger_show(args) -> int:
-    ledger, cap = _ledger_and_cap(args)
-    summary = ledger.summary(cap, as_of=args.as_of)
+    from cohort_pipeline.policy import load_policy
+    from cohort_pipeline.privacy.release import budget_summary
+
+    ledger, _ = _ledger_and_cap(args)
+    s = budget_summary(ledger, load_policy(args.policy), as_of=args.as_of)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(s, indent=2, default=str))
         return 0
-    print(
-        f"composition {summary['composition']} at delta={summary['delta']}: "
-        f"epsilon spent {summary['epsilon_spent']:.4f} of cap {summary['epsilon_cap']} over "
-        f"{summary['window_days']} days ending {summary['as_of']} (remaining {summary['epsilon_remaining']:.4f})"
+    delta = (
+        f"delta {s['delta_spent']:.3g} of cap {s['delta_cap']:g}, "
+        if s["composition"] == "basic"
+        else ""
     )
+    print(
+        f"composition {s['composition']} ({s['accountant']}), epsilon at delta={s['delta']:g}\n"
+        f"worst {s['window_days']}-day window containing {s['as_of']}: epsilon spent "
+        f"{s['epsilon_spent']:.4f} of cap {s['epsilon_cap']:g}, {delta}remaining {s['epsilon_remaining']:.4f}\n"
+        f"someone active every day of the {s['horizon_days']} days around {s['as_of']}: epsilon "
+        f"{s['horizon_epsilon']:.4f} of cap {s['epsilon_horizon_cap']:g} (remaining {s['horizon_remaining']:.4f})\n"
+        f"someone active every day for a year: ε = {s['yearly_epsilon']:.4g} at δ = {s['yearly_delta']:.3g}"
+        " (if this policy releases daily)"
+    )  # fmt: skip
     rows = ledger.rows()
     if rows.empty:
         print("(ledger is empty)")

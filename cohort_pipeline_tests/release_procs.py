@@ -24,11 +24,9 @@ CONTEXT.set_forkserver_preload(["cohort_pipeline.definitions", "dagster", "duckd
 
 def cap_for_releases(policy, n: int) -> float:
     """The composed epsilon of exactly n releases of `policy`: a cap that admits n."""
-    from cohort_pipeline.privacy.accounting import compose
-    from cohort_pipeline.privacy.release import planned_measurements
+    from cohort_pipeline.privacy.release import release_spend
 
-    spends = [m.spend for m in planned_measurements(policy)] * n
-    return compose(spends, policy.composition, policy.delta)[0] * (1 + 1e-9)
+    return release_spend(policy, n)[0] * (1 + 1e-9)
 
 
 class _Points:

@@ -100,3 +100,24 @@ def test_errors_are_one_clear_line(tmp_path):
     assert missing.returncode == 2
     assert "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(tmp_path):
+    from cohort_pipeline.policy import load_policy
+    from cohort_pipeline.privacy.release import yearly_spend
+
+    data = tmp_path / "d"
+    data.mkdir()
+    write_policy(data)
+    shown = run([str(BIN / "cohort-pipeline"), "ledger", "show", "--json"], data, tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    keys = ("epsilon_spent", "epsilon_remaining", "horizon_epsilon", "horizon_days")
+    assert {*keys, "yearly_epsilon", "accountant"} <= set(summary)
+    assert summary["epsilon_spent"] == summary["horizon_epsilon"] == 0.0
+    assert summary["horizon_days"] == 365
+    # projected from the policy before any spend: 392 daily releases under PLD
+    yearly = yearly_spend(load_policy(data / "policy.yaml"))[0]
+    assert summary["yearly_epsilon"] == yearly and 23 < yearly < 24
+    plain = run([str(BIN / "cohort-pipeline"), "ledger", "show"], data, tmp_path).stdout
+    assert f"someone active every day for a year: ε = {yearly:.4g} at δ = 1e-06" in plain

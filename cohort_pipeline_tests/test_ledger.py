@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from datetime import date, timedelta
+from importlib import metadata
 from pathlib import Path
 
 import duckdb
@@ -17,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cohort_pipeline.privacy.accounting import (
+    Charge,
     Spend,
     compose,
-    epsilon_from_rho,
     worst_window_spend,
 )
 from cohort_pipeline.privacy.ledger import (
@@ -63,12 +64,13 @@ def raw(path, sql: str) -> None:
         con.close()
 
 
-def ledger_spends(ledger) -> list[tuple[date, Spend]]:
+def ledger_spends(ledger) -> list[tuple[date, Charge]]:
     rows = ledger.rows()
     return [
-        (ts.date(), Spend(e, d, r))
-        for ts, e, d, r in zip(rows.release_date, rows.epsilon, rows.delta, rows.rho, strict=True)
-    ]
+        (r.release_date.date(), Charge.of(r.mechanism, Spend(r.epsilon, r.delta, r.rho),
+                                          r.sensitivity, r.noise_scale))
+        for r in rows.itertuples()
+    ]  # fmt: skip
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_reserve_records_every_column_and_is_durable(path):
     res = ledger.reserve(DAY0, ms, policy_hash="p1", data_version="v1", run_id="r1", cap=cap)
 
     assert not res.reused and res.release_date == DAY0 and res.epsilon_cap == 12.0
-    expected = worst_window_spend([(DAY0, m.spend) for m in ms], 30, "zcdp", DELTA, DAY0)[0]
+    expected = worst_window_spend([(DAY0, m.charge) for m in ms], 30, "zcdp", DELTA, DAY0)[0]
     assert res.epsilon_spent == pytest.approx(expected)
     rows = res.rows
     assert list(rows.columns) == list(COLUMNS)
@@ -173,10 +175,10 @@ def test_reading_a_missing_ledger_neither_fails_nor_creates_it(path):
 
 def test_zcdp_admits_more_daily_releases_than_basic(tmp_path):
     rho = 0.01
-    spend = Spend.zcdp(rho, DELTA)
-    cap_eps = epsilon_from_rho(30 * rho, DELTA)  # exactly 30 releases' worth under zCDP
+    charge = gauss(rho).charge
+    cap_eps = compose([charge] * 30, "zcdp", DELTA)[0]  # exactly 30 releases' worth under PLD
     expected_basic = max(
-        n for n in range(31) if compose([spend] * n, "basic", DELTA)[0] <= cap_eps + 1e-9
+        n for n in range(31) if compose([charge] * n, "basic", DELTA)[0] <= cap_eps + 1e-9
     )
     assert expected_basic < 30
 
@@ -226,13 +228,13 @@ def test_backfill_counts_every_window_containing_its_date(path):
 )
 def test_no_window_ever_exceeds_the_cap(composition, window, requests):
     cap = BudgetCap(4.0, window, DELTA, composition)
-    spends: list[tuple[date, Spend]] = []  # model of the ledger, checked against it at the end
+    spends: list[tuple[date, Charge]] = []  # model of the ledger, checked against it at the end
     reserved: set[tuple[date, str]] = set()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "l.duckdb")
         for offset, epsilon, version in requests:
             d = DAY0 + timedelta(days=offset)
-            new = [*spends, (d, Spend.pure(epsilon))]
+            new = [*spends, (d, pure(epsilon).charge)]
             fits = worst_window_spend(new, window, composition, DELTA, d)[0] <= 4.0 + 1e-9
             try:
                 res = reserve(ledger, d, [pure(epsilon)], cap, data_version=version)
@@ -417,7 +419,7 @@ def test_summary(path):
     }
     # default as_of is the latest release date; its window holds only the third release
     assert s["as_of"] == "2024-03-11"
-    assert s["epsilon_spent"] == pytest.approx(epsilon_from_rho(0.05, DELTA))
+    assert s["epsilon_spent"] == pytest.approx(compose([gauss(0.05).charge], "zcdp", DELTA)[0])
     assert s["epsilon_remaining"] == pytest.approx(12.0 - s["epsilon_spent"])
     assert s["verified"] is True and s["problems"] == []
 
@@ -429,13 +431,92 @@ def test_summary(path):
     first = s["releases"][0]
     spends = [m.spend for m in releases[0][2]]
     assert first["measurements"] == 2 and first["policy_hash"] == "p1"
-    assert (first["epsilon"], first["delta"]) == pytest.approx(compose(spends, "zcdp", DELTA))
+    assert (first["epsilon"], first["delta"]) == pytest.approx(
+        compose([m.charge for m in releases[0][2]], "zcdp", DELTA)
+    )
     assert first["rho"] == pytest.approx(sum(sp.rho for sp in spends))
 
     early = ledger.summary(cap, as_of=DAY0 + timedelta(days=3))
-    both = [m.spend for _, _, ms in releases[:2] for m in ms]
+    both = [m.charge for _, _, ms in releases[:2] for m in ms]
     assert early["as_of"] == "2024-03-04"
     assert early["epsilon_spent"] == pytest.approx(compose(both, "zcdp", DELTA)[0])
 
     basic = ledger.summary(BudgetCap(12.0, 7, DELTA, "basic"), as_of=DAY0)
-    assert basic["epsilon_spent"] == pytest.approx(sum(sp.epsilon for sp in both))
+    assert basic["epsilon_spent"] == pytest.approx(sum(c.spend.epsilon for c in both))
+
+
+# -- per-user horizon and delta caps -----------------------------------------------------
+
+
+def test_horizon_cap_refuses_a_release_that_pushes_any_span_over_it_and_writes_nothing(path):
+    # lookback 3, horizon 4: a span of 6 release dates. Window cap open (30 days, cap 100).
+    cap = BudgetCap(100.0, 30, DELTA, "basic", epsilon_horizon_cap=2.0, horizon_days=4,
+                    lookback_days=3)  # fmt: skip
+    ledger = Ledger(path)
+    day = lambda n: DAY0 + timedelta(days=n)  # noqa: E731
+    for n in (0, 5, 10):
+        reserve(ledger, day(n), [pure(1.0)], cap)
+    before = ledger.rows()
+    # day 7 would share the span [5, 10] with 5 and 10: 3 > 2
+    with pytest.raises(BudgetExceeded) as err:
+        reserve(ledger, day(7), [pure(1.0)], cap)
+    message = str(err.value)
+    assert "budget.epsilon_horizon_cap" in message and "horizon span" in message
+    assert "Nothing was recorded" in message
+    assert ledger.rows().row_hash.tolist() == before.row_hash.tolist() and ledger.verify() == []
+    # day 16's spans [11, 16] .. [16, 21] hold nothing else; its 30-day window holds all
+    assert reserve(ledger, day(16), [pure(1.0)], cap).epsilon_spent == 4.0
+    summary = ledger.summary(cap, as_of=day(5))
+    assert summary["horizon_epsilon"] == 2.0 and summary["horizon_span_days"] == 6
+    assert summary["horizon_remaining"] == 0.0 and summary["horizon_days"] == 4
+
+
+def test_horizon_cap_under_pld_bounds_every_span(path):
+    cap = BudgetCap(100.0, 2, DELTA, "zcdp", epsilon_horizon_cap=1.5, horizon_days=5,
+                    lookback_days=2)  # fmt: skip
+    ledger = Ledger(path)
+    admitted = []
+    for n in range(12):
+        try:
+            reserve(ledger, DAY0 + timedelta(days=n), [gauss(0.02)], cap)
+            admitted.append(n)
+        except BudgetExceeded as exc:
+            assert "budget.epsilon_horizon_cap" in str(exc)
+    charges = ledger_spends(ledger)
+    assert 0 < len(admitted) < 12
+    for d, _ in charges:
+        assert worst_window_spend(charges, 6, "zcdp", DELTA, d)[0] <= 1.5 + 1e-9
+    # the refused ones would have broken it
+    for n in set(range(12)) - set(admitted):
+        d = DAY0 + timedelta(days=n)
+        assert worst_window_spend([*charges, (d, gauss(0.02).charge)], 6, "zcdp", DELTA, d)[0] > 1.5
+
+
+def test_basic_composition_caps_summed_delta(path):
+    cap = BudgetCap(100.0, 7, DELTA, "basic", horizon_days=1, delta_cap=2.5 * DELTA)
+    ledger = Ledger(path)
+    reserve(ledger, DAY0, [gauss(0.01)], cap)
+    reserve(ledger, DAY0 + timedelta(days=1), [gauss(0.01)], cap)
+    before = ledger.rows()
+    with pytest.raises(BudgetExceeded) as err:
+        reserve(ledger, DAY0 + timedelta(days=2), [gauss(0.01)], cap)
+    assert "delta 3e-07 > cap 2.5e-07 (`budget.delta_cap`)" in str(err.value)
+    assert ledger.rows().row_hash.tolist() == before.row_hash.tolist()
+    assert ledger.summary(cap)["delta_spent"] == pytest.approx(2 * DELTA)
+    # a week later the window no longer holds them
+    reserve(ledger, DAY0 + timedelta(days=8), [gauss(0.01)], cap)
+    with pytest.raises(ValueError, match="delta_cap"):
+        BudgetCap(1.0, 7, DELTA, "basic", delta_cap=DELTA / 2)
+
+
+def test_rows_record_the_accountant(path):
+    ledger = Ledger(path)
+    reserve(ledger, DAY0, [pure(1.0)], BudgetCap(10.0, 7, DELTA, "zcdp"))
+    reserve(ledger, DAY0 + timedelta(days=1), [pure(1.0)], basic_cap(10))
+    assert ledger.rows()["accountant"].tolist() == [
+        f"dp-accounting {metadata.version('dp-accounting')} PLD",
+        "basic composition (sums of epsilon and delta)",
+    ]
+    assert ledger.verify() == []
+    raw(path, "UPDATE privacy_spend SET accountant = 'none' WHERE seq = 1")
+    assert any("row edited" in p for p in ledger.verify())  # the accountant is hashed too

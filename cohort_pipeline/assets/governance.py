@@ -40,7 +40,7 @@ from cohort_pipeline.assets.metrics import (
 from cohort_pipeline.assets.privacy import cohort_sizes, privacy_budget_ledger
 from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
 from cohort_pipeline.experiments import HEADLINE, OVERALL
-from cohort_pipeline.privacy.release import budget_cap
+from cohort_pipeline.privacy.release import budget_cap, budget_summary
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
 DRIFT_CHECK = "release_drift"
@@ -128,7 +128,7 @@ def audit_report(
             f"no ledger reservation for release {release_date} (policy {policy.hash}, "
             f"data version {version}): nothing was released to audit"
         )
-    summary = store.summary(cap, as_of=release_date)
+    summary = budget_summary(store, policy, as_of=release_date)
     burn = reports.burn_down(store.rows(), cap, release_date)
     chart = reports.burn_down_png(burn, cap)
     sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
@@ -159,6 +159,8 @@ def audit_report(
             "data_version": version,
             "git_commit": commit or "unknown",
             "epsilon_remaining": summary["epsilon_remaining"],
+            "horizon_epsilon": summary["horizon_epsilon"],
+            "yearly_epsilon": summary["yearly_epsilon"],
             "ledger_verified": summary["verified"],
         }
     )
@@ -241,7 +243,7 @@ def privacy_scorecard(
     ledger: LedgerResource,
 ):
     policy, release_date = pipeline.policy(), context.partition_key
-    summary = ledger.ledger().summary(budget_cap(policy), as_of=release_date)
+    summary = budget_summary(ledger.ledger(), policy, as_of=release_date)
     sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
     metrics = release_rows(warehouse, "release.cohort_metrics", release_date)
     affinity = release_rows(warehouse, "release.cohort_category_affinity", release_date)
@@ -260,6 +262,9 @@ def privacy_scorecard(
     privacy = {
         "epsilon_remaining": summary["epsilon_remaining"],
         "budget_used": summary["epsilon_spent"] / summary["epsilon_cap"],
+        "horizon_epsilon": summary["horizon_epsilon"],
+        "horizon_budget_used": summary["horizon_epsilon"] / summary["epsilon_horizon_cap"],
+        "yearly_epsilon": summary["yearly_epsilon"],
         "releases_on_record": len(summary["releases"]),
         "ledger_verified": summary["verified"],
         "min_noisy_size_over_k": float(sizes["noisy_users"].min()) / policy.min_size,
@@ -302,7 +307,9 @@ def privacy_scorecard(
             "previous_release": previous or "none",
             "alerts_sent": len(new),
             "scorecard": MetadataValue.md(
-                reports.scorecard_markdown(release_date, privacy, utility)
+                reports.scorecard_markdown(
+                    release_date, privacy, utility, reports.horizon_words(summary)
+                )
             ),
         },
         check_results=[

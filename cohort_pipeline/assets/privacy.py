@@ -29,7 +29,12 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
-from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
+from cohort_pipeline.privacy.release import (
+    budget_cap,
+    budget_summary,
+    planned_measurements,
+    release_cohort_sizes,
+)
 from cohort_pipeline.resources import (
     LedgerResource,
     PipelineResource,
@@ -49,15 +54,17 @@ SIZE_DRAWS = "private.cohort_size_draws"
             BUDGET_CHECK,
             asset="privacy_budget_ledger",
             blocking=True,
-            description="The release's composed spend over any budget.window_days stays within budget.epsilon_cap; "
+            description="The composed spend of every budget.window_days window containing the release stays "
+            "within budget.epsilon_cap, and that of every per-user horizon (budget.horizon_days) within "
+            "budget.epsilon_horizon_cap (summed delta within budget.delta_cap under basic composition); "
             "when it would not, nothing is spent and no DP asset of the release runs.",
         ),
         *[
             AssetCheckSpec(
                 name,
                 asset="privacy_budget_ledger",
-                description=f"WARN: the window's spend is below {share:.0%} of "
-                "budget.epsilon_cap (else an alert is recorded and sent to "
+                description=f"WARN: the spend of the worst window containing the release is below "
+                f"{share:.0%} of budget.epsilon_cap (else an alert is recorded and sent to "
                 "$COHORT_PIPELINE_ALERT_WEBHOOK).",
             )
             for name, share in alerts.BUDGET_THRESHOLDS.items()
@@ -96,7 +103,8 @@ def privacy_budget_ledger(
     except BudgetExceeded as exc:
         passed, reason = False, str(exc)
         context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
-    summary = store.summary(cap, as_of=release_date)
+    # the enforced figures (worst window and horizon containing the date), as `ledger show`
+    summary = budget_summary(store, policy, as_of=release_date)
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
     blocked = None if passed else reason
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
@@ -104,11 +112,18 @@ def privacy_budget_ledger(
         context.log.error(error)
     check_meta = {
         "epsilon_spent": spent,
+        "epsilon_remaining": remaining,
         "epsilon_cap": policy.epsilon_cap,
         "window_days": policy.window_days,
+        "horizon_epsilon": summary["horizon_epsilon"],
+        "epsilon_horizon_cap": policy.epsilon_horizon_cap,
+        "horizon_days": policy.horizon_days,
         "composition": policy.composition,
+        "accountant": summary["accountant"],
         "reason": reason,
     }
+    if policy.composition == "basic":
+        check_meta |= {"delta_spent": summary["delta_spent"], "delta_cap": policy.delta_cap}
     plan = [
         {
             "asset": m.asset,
@@ -128,6 +143,10 @@ def privacy_budget_ledger(
             "epsilon_spent_window": spent,
             "epsilon_remaining": remaining,
             "epsilon_cap": policy.epsilon_cap,
+            "horizon_epsilon": summary["horizon_epsilon"],
+            "epsilon_horizon_cap": policy.epsilon_horizon_cap,
+            "yearly_epsilon": summary["yearly_epsilon"],
+            "accountant": summary["accountant"],
             "policy_hash": policy.hash,
             "data_version": version,
             "reserved": passed,
