@@ -31,6 +31,8 @@ MEASURED_ASSETS = (
 )
 ALL = "*"  # the label of a dimension dropped by coarsening
 MIN_SAFE_K = 10  # below this a "cohort" is close to an individual
+# Above this no cohort of any product is that large (a billion people): a typo, not a policy.
+MAX_K = 1_000_000_000
 
 
 class PolicyError(ValueError):
@@ -256,7 +258,7 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
             "policy key `cohorts.coarsening_order` must list engagement, recency and device"
             f" once each, got {order!r}"
         )
-    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, integer=True)
+    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, hi=MAX_K, integer=True)
 
     dur = _get(raw, "bounds.session_duration_s")
     if not (
