@@ -13,7 +13,7 @@ from cohort_pipeline.assets.common import (
     private_metadata,
     progress_log,
 )
-from cohort_pipeline.ingest import COLUMNS, load_window
+from cohort_pipeline.ingest import COLUMNS, earliest_event, load_window
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.resources import (
     PipelineResource,
@@ -69,6 +69,7 @@ def raw_events(
             last,
             secret=key,
             progress=progress_log(context, "event files validated"),
+            earliest=earliest_event(policy),
         )
         context.log.info("storing the validated window in private.raw_events")
         replace_partition(
@@ -93,7 +94,7 @@ def raw_events(
             con,
             "private.ingest_report",
             release_date,
-            result.report,
+            result.report.assign(window_quarantined=result.window_quarantined),
             data_version=result.data_version,
         )
         pruned = prune_windows(con, release_date, warehouse.keep_windows)
@@ -101,6 +102,15 @@ def raw_events(
         f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
+    if result.window_quarantined:
+        # No count and no row: where and why stay in the warehouse.
+        context.log.warning(
+            f"release {release_date}: every event read for the window {first}..{last} was "
+            "quarantined (reasons in private.rejected_events, counts in private.ingest_report). "
+            f"Events before {earliest_event(policy)} are taken for default values: for older "
+            "logs, move release.partitions_start (or COHORT_PIPELINE_PARTITIONS_START) back to "
+            "their first release date."
+        )
     if pruned:
         context.log.info(
             f"removed the validated windows of {len(pruned)} older release date(s) "
