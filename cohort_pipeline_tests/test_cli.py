@@ -100,3 +100,38 @@ def test_errors_are_one_clear_line(tmp_path):
     assert missing.returncode == 2
     assert "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_policy_typo_keeps_the_code_location_loading_and_fails_the_run_naming_it(
+    small_dir, tmp_path
+):
+    """The policy was read at import (the partitions' start), so one typo took the whole
+    code location down, schedule and sensors included. It loads now; the run fails at its
+    first step with the error that names the key."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        (small_dir / "policy.yaml").read_text().replace("epsilon_cap:", "epsilon_capp:")
+    )
+    env = {**os.environ, "COHORT_PIPELINE_DATA_DIR": str(small_dir), "DAGSTER_HOME": str(tmp_path)}
+    env["COHORT_PIPELINE_POLICY"] = str(broken)
+    env.pop("COHORT_PIPELINE_PARTITIONS_START", None)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "from cohort_pipeline.definitions import defs; "
+         "repo = defs.get_repository_def(); "
+         "print(len(repo.schedule_defs), len(repo.sensor_defs), repo.get_job('daily_release').name)"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    schedules, sensors, job = loaded.stdout.split()
+    assert int(schedules) >= 1 and int(sensors) >= 1 and job == "daily_release"
+    assert "budget.epsilon_capp" in loaded.stderr  # the load-time warning names it too
+
+    failed = subprocess.run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "cohort_pipeline.definitions",
+         "--select", "*", "--partition", RELEASE_DATE],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    output = failed.stdout + failed.stderr
+    assert "PolicyError" in output and "unknown policy key `budget.epsilon_capp`" in output
+    assert not (small_dir / "ledger.duckdb").exists()  # nothing was reserved
