@@ -135,3 +135,61 @@ def test_a_policy_typo_keeps_the_code_location_loading_and_fails_the_run_naming_
     output = failed.stdout + failed.stderr
     assert "PolicyError" in output and "unknown policy key `budget.epsilon_capp`" in output
     assert not (small_dir / "ledger.duckdb").exists()  # nothing was reserved
+
+
+def cli(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COHORT_PIPELINE_")}
+    return subprocess.run(
+        [str(BIN / "cohort-pipeline"), *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_every_subcommand_refuses_a_mistyped_data_dir_and_names_the_fix(
+    tmp_path, capsys, monkeypatch
+):
+    """`opt-out add` created the mistyped folder and recorded the opt-out where no release
+    reads it; `opt-out list` printed an empty list; `ledger show/verify` blamed the policy."""
+    from cohort_pipeline.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_policy(data)
+    typo = tmp_path / "dta"
+    monkeypatch.delenv("COHORT_PIPELINE_POLICY", raising=False)
+
+    # As a user runs it (a subprocess), for the case that lost an opt-out.
+    done = cli("--data-dir", str(typo), "opt-out", "add", "u1")
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert f"data folder {typo} does not exist" in line and "DataDirError" in line
+    assert f"did you mean {data}?" in line and "--data-dir" in line
+    assert not typo.exists()  # nothing was created
+
+    # Every subcommand that reads a data folder, through the same entry point in process.
+    for case in [
+        ("opt-out", "remove", "u1"),
+        ("opt-out", "list"),
+        ("ledger", "show"),
+        ("ledger", "show", "--json"),
+        ("ledger", "verify"),
+        ("latest-date",),
+    ]:
+        assert main(["--data-dir", str(typo), *case]) == 2, case
+        out, err = capsys.readouterr()
+        assert out == "", case
+        assert f"data folder {typo} does not exist" in err and f"did you mean {data}?" in err
+        assert "policy file" not in err, (case, err)
+    assert not typo.exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--data-dir", str(empty), "opt-out", "add", "u1"]) == 2
+    assert "holds neither events/ nor policy.yaml" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+    # The right folder works, relative to where the command runs as well.
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-dir", "data", "opt-out", "add", "u1"]) == 0
+    assert main(["--data-dir", "data", "opt-out", "list"]) == 0
+    assert "u1" in capsys.readouterr().out
