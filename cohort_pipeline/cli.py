@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import data_dir, policy_path
 
 
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in CREATES_DATA_DIR:
             existing_data_dir(args.data_dir)
+        if warning := too_open(args.data_dir):
+            print(f"cohort-pipeline: warning: {warning}", file=sys.stderr)
         return args.func(args)
     except Exception as exc:  # one clear line, not a traceback, for operators
         print(f"cohort-pipeline {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -57,10 +57,11 @@ _Z95 = 1.959963984540054
 # per-user metrics are in [0, 1], so are their means; a difference of means is in [-1, 1];
 # a relative uplift (cohort / popularity - 1) is at least -1.
 MEAN_RANGE, DIFFERENCE_RANGE, UPLIFT_RANGE = (0.0, 1.0), (-1.0, 1.0), (-1.0, math.inf)
-# The effect a readout has to detect: a difference of 0.01 in mean NDCG@10 (cohort minus
-# popularity), about a 5-10% relative uplift at the NDCG@10 of 0.1-0.2 usual for top-10
-# lists. A readout whose 95% half-width on that difference exceeds it is inconclusive: it
-# could not tell such an uplift from none.
+# The effect a readout has to detect is the difference of mean NDCG@10 it reports (cohort
+# minus popularity), and at least 0.01 (about a 5-10% relative uplift at the NDCG@10 of
+# 0.1-0.2 usual for top-10 lists). A readout whose 95% half-width on that difference exceeds
+# the effect is inconclusive: it cannot tell the reported uplift from none, nor rule out one
+# of 0.01.
 MIN_EFFECT = 0.01
 
 
@@ -261,7 +262,7 @@ class Readability:
 
     inconclusive: bool
     half_width: float  # 95% half-width of the headline difference of means, per user
-    effect: float  # the difference it has to detect (MIN_EFFECT unless asked otherwise)
+    effect: float  # the difference it has to detect: |reported difference|, >= min_effect
     evaluated_users: float  # noisy
     users_needed: float  # evaluated users that make half_width <= effect at this epsilon
     # budget.epsilon_per_release (same split) that makes it at these users; inf when no
@@ -271,22 +272,25 @@ class Readability:
     def message(self) -> str:
         verdict = "inconclusive" if self.inconclusive else "readable"
         eps = (
-            f"budget.epsilon_per_release >= {self.epsilon_needed:.3g}"
+            f"or with budget.epsilon_per_release >= {self.epsilon_needed:.3g} at this many users"
             if math.isfinite(self.epsilon_needed)
-            else "no epsilon the policy allows (sampling error alone is wider)"
+            else "(no epsilon the policy allows does it at this many users: sampling error "
+            "alone is wider)"
         )
         return (
             f"{verdict}: the 95% interval of the {HEADLINE} difference is +/- "
             f"{self.half_width:.3g} for an effect of {self.effect:g}, from ~"
             f"{self.evaluated_users:.0f} evaluated users (a noisy count); readable from ~"
-            f"{math.ceil(self.users_needed):,} evaluated users at this budget, or with {eps} at "
-            "this many users"
+            f"{math.ceil(self.users_needed):,} evaluated users at this budget {eps}"
         )
 
 
-def readability(results: pd.DataFrame, policy: Policy, effect: float = MIN_EFFECT) -> Readability:
+def readability(
+    results: pd.DataFrame, policy: Policy, min_effect: float = MIN_EFFECT
+) -> Readability:
     """Readability of one release's experiment figures (release.experiment_results rows of a
-    date: arm, metric, cohort_key, value, noisy_evaluated_users, noise_std).
+    date: arm, metric, cohort_key, value, noisy_evaluated_users, noise_std). The effect is
+    the reported NDCG@10 difference of means, or `min_effect` if that is smaller.
 
     The half-width is the one readouts_from_sums gives the headline difference, as a
     function of the evaluated users n and the noise std sigma: z sqrt(sigma^2 + n s) / n,
@@ -294,14 +298,16 @@ def readability(results: pd.DataFrame, policy: Policy, effect: float = MIN_EFFEC
     half-width = effect for n gives the users needed; for sigma, the largest noise allowed,
     whose epsilon is found on the policy's own calibration (mechanisms)."""
 
-    def mean(arm: str) -> float:
-        hit = results[(results.arm == arm) & (results.metric == HEADLINE)
+    def overall(arm: str, metric: str, bounds: tuple[float, float]) -> float:
+        hit = results[(results.arm == arm) & (results.metric == metric)
                       & (results.cohort_key == OVERALL)]  # fmt: skip
-        return float(np.clip(hit["value"].iloc[0], *MEAN_RANGE))
+        return float(np.clip(hit["value"].iloc[0], *bounds))
 
     n = max(float(results["noisy_evaluated_users"].iloc[0]), 1.0)
     sigma = float(results["noise_std"].iloc[0])
-    s = mean("cohort") + mean("popularity")
+    s = overall("cohort", HEADLINE, MEAN_RANGE) + overall("popularity", HEADLINE, MEAN_RANGE)
+    difference = overall(UPLIFT_ARM, f"{HEADLINE}_difference", DIFFERENCE_RANGE)
+    effect = max(abs(difference), min_effect)
     half = _Z95 * math.sqrt(sigma**2 + n * s) / n
     z2 = _Z95**2
     users = (z2 * s + math.sqrt(z2 * z2 * s * s + 4 * effect**2 * z2 * sigma**2)) / (2 * effect**2)

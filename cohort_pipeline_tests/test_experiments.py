@@ -169,24 +169,32 @@ def test_readouts_from_few_noisy_users_stay_in_their_range():
 def readout(users: float, noise_std: float, cohort=0.2, popularity=0.18) -> pd.DataFrame:
     """The release.experiment_results rows readability reads."""
     return pd.DataFrame(
-        {"arm": ["cohort", "popularity"], "metric": HEADLINE, "cohort_key": OVERALL,
-         "value": [cohort, popularity], "noisy_evaluated_users": users, "noise_std": noise_std}
+        {"arm": ["cohort", "popularity", UPLIFT_ARM],
+         "metric": [HEADLINE, HEADLINE, f"{HEADLINE}_difference"], "cohort_key": OVERALL,
+         "value": [cohort, popularity, cohort - popularity], "noisy_evaluated_users": users,
+         "noise_std": noise_std}
     )  # fmt: skip
 
 
 def test_readability_says_how_many_users_or_how_much_epsilon_would_make_it_readable():
     policy = load_policy(POLICY)
     std = mechanisms(policy)["experiment_report"].std
-    small = readability(readout(21, std), policy)
-    assert small.inconclusive and small.half_width > MIN_EFFECT == small.effect
+    small = readability(readout(21, std, cohort=0.0, popularity=0.3), policy)
+    assert small.inconclusive and small.effect == pytest.approx(0.3)
     assert math.isinf(small.epsilon_needed)  # 21 users' sampling error alone is too wide
     assert "inconclusive" in small.message() and "no epsilon" in small.message()
+
+    # The effect is the reported difference (0.02 here), at least MIN_EFFECT.
+    some = readability(readout(100, std), policy)
+    assert some.effect == pytest.approx(0.02)
+    assert readability(readout(100, std, 0.2, 0.199), policy).effect == MIN_EFFECT
     # At the users it asks for, the readout is readable, and just below, not yet.
-    enough = readability(readout(small.users_needed, std), policy)
-    assert not enough.inconclusive and enough.half_width == pytest.approx(MIN_EFFECT)
-    assert readability(readout(0.95 * small.users_needed, std), policy).inconclusive
+    enough = readability(readout(some.users_needed, std), policy)
+    assert not enough.inconclusive and enough.half_width == pytest.approx(0.02)
+    assert enough.message().startswith("readable:")
+    assert readability(readout(0.95 * some.users_needed, std), policy).inconclusive
     # Where sampling error alone fits, the epsilon it names gives noise that fits too.
-    mid = readability(readout(0.8 * small.users_needed, std), policy)
+    mid = readability(readout(0.8 * some.users_needed, std), policy)
     assert mid.inconclusive and policy.epsilon_per_release < mid.epsilon_needed < 10
     at = mechanisms(replace(policy, epsilon_per_release=mid.epsilon_needed))["experiment_report"]
     assert not readability(readout(mid.evaluated_users, at.std), policy).inconclusive

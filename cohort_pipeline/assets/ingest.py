@@ -15,6 +15,7 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.ingest import COLUMNS, earliest_event, load_window
 from cohort_pipeline.privacy.bounding import window
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import (
     PipelineResource,
     WarehouseResource,
@@ -31,6 +32,8 @@ def opt_outs(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
     pipeline.policy()  # the first step: a bad policy stops the release before any data is read
+    if warning := too_open(pipeline.data_dir):
+        context.log.warning(warning)
     frame = optouts.read(pipeline.opt_outs_path)[["user_id"]]
     with warehouse.connect() as con:
         replace_partition(con, "private.opt_outs", context.partition_key, frame)
