@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
+
 from cohort_pipeline_tests.conftest import RELEASE_DATE, write_policy
 
 BIN = Path(sys.executable).parent
@@ -193,3 +195,33 @@ def test_every_subcommand_refuses_a_mistyped_data_dir_and_names_the_fix(
     assert main(["--data-dir", "data", "opt-out", "add", "u1"]) == 0
     assert main(["--data-dir", "data", "opt-out", "list"]) == 0
     assert "u1" in capsys.readouterr().out
+
+
+def test_logs_from_1997_release_once_the_partitions_reach_back(tmp_path):
+    """Every 1997 row was quarantined ('before 2000-01-01') and the release failed at
+    cohort_assignments ('private.user_profiles has no rows')."""
+    data = tmp_path / "data"
+    made = cli("--data-dir", str(data), "generate", "--users", "300", "--days", "10",
+               "--end-date", "1997-11-28")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    write_policy(data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COHORT_PIPELINE_")}
+    env.update(
+        COHORT_PIPELINE_DATA_DIR=str(data),
+        COHORT_PIPELINE_PARTITIONS_START="1997-11-01",
+        DAGSTER_HOME=str(tmp_path),
+    )
+    done = subprocess.run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "cohort_pipeline.definitions",
+         "--select", "opt_outs,raw_events,user_profiles,cohort_assignments",
+         "--partition", "1997-11-28"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        (accepted,) = con.execute("SELECT sum(accepted) FROM private.ingest_report").fetchall()[0]
+        (quarantined,) = con.execute(
+            "SELECT count(*) FROM private.rejected_events WHERE reason LIKE 'event_time before%'"
+        ).fetchall()[0]
+        (assigned,) = con.execute("SELECT count(*) FROM private.cohort_assignments").fetchall()[0]
+    assert accepted > 0 and quarantined == 0 and assigned > 0
