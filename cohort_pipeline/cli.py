@@ -36,9 +36,10 @@ def existing_data_dir(path: Path | str) -> Path:
         return path
     state = "does not exist" if not path.exists() else "holds neither events/ nor policy.yaml"
     parent = path.absolute().parent
-    siblings = [p.name for p in parent.iterdir() if p.is_dir() and _is_data_dir(p)] if (
-        parent.is_dir()
-    ) else []  # fmt: skip
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir() and _is_data_dir(p)]
+    except OSError:  # no parent, or not ours to list: no suggestion
+        siblings = []
     close = difflib.get_close_matches(path.name, siblings, n=1)
     hint = f"did you mean {parent / close[0]}? " if close else ""
     raise DataDirError(
