@@ -8,11 +8,48 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
 import sys
 from pathlib import Path
 
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import data_dir, policy_path
+
+
+class DataDirError(ValueError):
+    """A --data-dir that is not a data folder; the message names it and the likely fix."""
+
+
+def _is_data_dir(path: Path) -> bool:
+    return (path / "events").is_dir() or (path / "policy.yaml").is_file()
+
+
+def existing_data_dir(path: Path | str) -> Path:
+    """`path` if it is a data folder (it holds events/ or policy.yaml), else DataDirError.
+
+    Every subcommand but `generate` and `import` (which create one) reads an existing data
+    folder: a mistyped one must be refused, not created, or an opt-out recorded there would
+    be read by no release."""
+    path = Path(path)
+    if _is_data_dir(path):
+        return path
+    state = "does not exist" if not path.exists() else "holds neither events/ nor policy.yaml"
+    parent = path.absolute().parent
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir() and _is_data_dir(p)]
+    except OSError:  # no parent, or not ours to list: no suggestion
+        siblings = []
+    close = difflib.get_close_matches(path.name, siblings, n=1)
+    hint = f"did you mean {parent / close[0]}? " if close else ""
+    raise DataDirError(
+        f"data folder {path} {state}; a data folder holds events/ and policy.yaml (from "
+        f"`cohort-pipeline generate`, `cohort-pipeline import` or `make data`). {hint}Check "
+        "--data-dir or COHORT_PIPELINE_DATA_DIR; nothing was read or written"
+    )
+
+
+CREATES_DATA_DIR = ("generate", "import")
 
 
 def _ledger_and_cap(args):
@@ -205,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.policy = args.policy or str(policy_path(args.data_dir))
     try:
+        if args.command not in CREATES_DATA_DIR:
+            existing_data_dir(args.data_dir)
+        if warning := too_open(args.data_dir):
+            print(f"cohort-pipeline: warning: {warning}", file=sys.stderr)
         return args.func(args)
     except Exception as exc:  # one clear line, not a traceback, for operators
         print(f"cohort-pipeline {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES
+from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy
 
 COLUMNS = {
     "user_id": "VARCHAR",
@@ -42,11 +42,22 @@ EVENT_KEY = ("user_id", "event_time", "session_id", "event_type", "item_id")
 SUFFIXES = (".parquet", ".csv")
 # Sessions longer than a day are instrumentation errors, not behaviour.
 MAX_SESSION_S = 86_400.0
-# Earlier times are default values (epoch 0, 1900-01-01), not events; years-old logs are fine.
+# Earlier times are default values (epoch 0, 1900-01-01), not events, unless the policy's
+# partitions reach further back (earliest_event).
 EARLIEST_EVENT = date(2000, 1, 1)
 # Clock skew allowed for events stamped slightly ahead of the pipeline's clock.
 FUTURE_SLACK = timedelta(days=1)
 OUTCOMES = ("accepted", "quarantined", "opted_out", "out_of_window")
+
+
+def earliest_event(policy: Policy) -> date:
+    """The earliest plausible event date: the first day of the first release's window
+    (release.partitions_start - lookback_days + 1), or EARLIEST_EVENT if that is earlier.
+    Older logs (e.g. from 1997) are accepted once release.partitions_start covers them;
+    default values such as epoch 0 stay quarantined; rows older than every release window
+    but after EARLIEST_EVENT are out of window, not quarantined again in every release."""
+    first_window = policy.partitions_start - timedelta(days=policy.lookback_days - 1)
+    return min(first_window, EARLIEST_EVENT)
 
 
 class InputError(ValueError):
@@ -57,6 +68,12 @@ class InputError(ValueError):
 class IngestResult:
     data_version: str
     report: pd.DataFrame  # per file: rows_read, accepted, quarantined, opted_out, out_of_window
+
+    @property
+    def window_quarantined(self) -> bool:
+        """Rows were read for the window and every one was quarantined: an input problem
+        (e.g. logs older than the earliest plausible date), not an empty window."""
+        return int(self.report["accepted"].sum()) == 0 and int(self.report["quarantined"].sum()) > 0
 
 
 def event_files(events_dir: Path) -> list[Path]:
@@ -143,15 +160,15 @@ def _missing(name: str) -> str:
     return f"{name} IS NULL AND nullif(trim({name}_raw), '') IS NULL"
 
 
-def _time_reason(now: pd.Timestamp) -> str:
+def _time_reason(now: pd.Timestamp, earliest: date) -> str:
     """Why a row's event_time places it in no window at all (NULL if it is usable)."""
     latest = f"TIMESTAMPTZ '{(now + FUTURE_SLACK).isoformat()}'"
     return f"""CASE
         WHEN {_missing("event_time")} THEN 'missing event_time'
         WHEN event_time IS NULL THEN 'event_time is not a timestamp'
         WHEN event_time > {latest} THEN 'event_time in the future'
-        WHEN event_time < TIMESTAMPTZ '{EARLIEST_EVENT} 00:00:00+00'
-            THEN 'event_time before {EARLIEST_EVENT}'
+        WHEN event_time < TIMESTAMPTZ '{earliest} 00:00:00+00'
+            THEN 'event_time before {earliest}'
     END"""
 
 
@@ -178,13 +195,15 @@ def _row_reason() -> str:
 RAW_KEPT = [c for c, t in COLUMNS.items() if t != "VARCHAR"]
 
 
-def _checked(con, path: Path, file_no: int, catalog: str, opt_outs: str, first, last, now) -> str:
+def _checked(
+    con, path: Path, file_no: int, catalog: str, opt_outs: str, first, last, now, earliest
+) -> str:
     """SELECT of one file's rows with their outcome before deduplication and (if bad) reason."""
     start = f"TIMESTAMPTZ '{first} 00:00:00+00'"
     end = f"TIMESTAMPTZ '{last + timedelta(days=1)} 00:00:00+00'"
     return f"""
         WITH checked AS (
-            SELECT s.*, {_time_reason(now)} AS time_reason, {_row_reason()} AS row_reason,
+            SELECT s.*, {_time_reason(now, earliest)} AS time_reason, {_row_reason()} AS row_reason,
                    coalesce(s.user_id IN (SELECT user_id FROM {opt_outs}), false) AS opted_out,
                    coalesce(s.event_time >= {start} AND s.event_time < {end}, false) AS in_window
             FROM ({_typed_select(con, path)}) s
@@ -214,7 +233,9 @@ def _as_read() -> str:
     )
 
 
-def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, progress) -> None:
+def _read_files(
+    con, files: list[Path], catalog, opt_outs, first, last, now, earliest, progress
+) -> None:
     """One pass per file: accepted candidates (typed, plus raw text only where it differs from
     the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
     into `window_rejected`, outcome counts and the accepted rows' content hash into
@@ -243,7 +264,7 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, pro
         try:
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE file_checked AS "
-                + _checked(con, path, file_no, catalog, opt_outs, first, last, now)
+                + _checked(con, path, file_no, catalog, opt_outs, first, last, now, earliest)
             )
         except duckdb.Error as exc:  # e.g. bad bytes past the sniffed sample
             raise InputError(f"{path}: {_problem(exc)}") from exc
@@ -311,6 +332,7 @@ def load_window(
     now: pd.Timestamp | None = None,
     secret: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    earliest: date = EARLIEST_EVENT,
 ) -> IngestResult:
     """Create temp tables `window_events` (accepted rows in [first, last]) and
     `window_rejected` (quarantined rows, as read, with a reason) from every file in
@@ -319,7 +341,8 @@ def load_window(
     `catalog` and `opt_outs` name relations with item_id and user_id columns. The data
     version is keyed with the warehouse's private `secret`: it is published (ledger, release
     tables), and an unkeyed hash of the data would let anyone test guesses about it.
-    `progress(done, total)` is called after each file is validated.
+    `progress(done, total)` is called after each file is validated. Events before
+    `earliest` (earliest_event of the policy) are quarantined as implausibly old.
     """
     now = now or pd.Timestamp.now(tz="UTC")
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, whoever opened `con`
@@ -329,7 +352,7 @@ def load_window(
     con.executemany(
         "INSERT INTO files_read VALUES (?, ?)", [[n, str(p)] for n, p in enumerate(files)]
     )
-    _read_files(con, files, catalog, opt_outs, first, last, now, progress)
+    _read_files(con, files, catalog, opt_outs, first, last, now, earliest, progress)
     _drop_duplicates(con)
     counts = ", ".join(
         f"CAST(coalesce(sum(o.n) FILTER (o.outcome = '{o}'), 0) AS BIGINT) AS {o}" for o in OUTCOMES

@@ -31,6 +31,9 @@ MEASURED_ASSETS = (
 )
 ALL = "*"  # the label of a dimension dropped by coarsening
 MIN_SAFE_K = 10  # below this a "cohort" is close to an individual
+# Above this no cohort of any product is that large (a billion people): a typo, not a policy.
+MAX_K = 1_000_000_000
+MAX_EPSILON_PER_RELEASE = 10  # beyond this a release protects no one
 
 
 class PolicyError(ValueError):
@@ -262,7 +265,7 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
             "policy key `cohorts.coarsening_order` must list engagement, recency and device"
             f" once each, got {order!r}"
         )
-    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, integer=True)
+    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, hi=MAX_K, integer=True)
 
     dur = _get(raw, "bounds.session_duration_s")
     if not (
@@ -300,7 +303,7 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
         raise PolicyError(
             f"policy key `budget.composition` must be one of {COMPOSITIONS}, got {composition!r}"
         )
-    eps = _number(raw, "budget.epsilon_per_release", lo=0, lo_open=True, hi=10)
+    eps = _number(raw, "budget.epsilon_per_release", lo=0, lo_open=True, hi=MAX_EPSILON_PER_RELEASE)
     delta = _number(raw, "budget.delta", lo=0, lo_open=True, hi=1e-4)
     cap = _number(raw, "budget.epsilon_cap", lo=0, lo_open=True)
     delta_cap = _number(raw, "budget.delta_cap", lo=0, lo_open=True, hi=1e-4)

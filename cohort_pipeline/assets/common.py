@@ -3,10 +3,13 @@ the consistent-release lookup. Nothing here computes a private value."""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 
 import pandas as pd
 from dagster import (
@@ -19,7 +22,7 @@ from dagster import (
 )
 
 from cohort_pipeline.engines import Progress
-from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.policy import Policy, PolicyError, load_policy
 from cohort_pipeline.privacy.accounting import Spend
 from cohort_pipeline.privacy.release import mechanisms
 from cohort_pipeline.resources import (
@@ -49,10 +52,31 @@ class Owner:
     RANKING = "team:recsys"
 
 
+# Where the partitions start while the policy cannot be read (the sample policy's default).
+FALLBACK_PARTITIONS_START = date(2024, 1, 1)
+
+
+def partitions_start() -> date:
+    """The first release date: COHORT_PIPELINE_PARTITIONS_START, else the policy's
+    release.partitions_start. A policy that does not load must not take the code location
+    (schedule and sensors included) down with it: the partitions then start at the
+    environment's date if it is one, else FALLBACK_PARTITIONS_START, and every run fails at
+    its first step (opt_outs), whose error names the policy key at fault."""
+    try:
+        return load_policy(policy_path()).partitions_start
+    except PolicyError as exc:
+        try:
+            start = date.fromisoformat(os.environ.get("COHORT_PIPELINE_PARTITIONS_START", ""))
+        except ValueError:
+            start = FALLBACK_PARTITIONS_START
+        logging.getLogger(__name__).warning(
+            f"{exc}: every run will fail until it is fixed; partitions start at {start} meanwhile"
+        )
+        return start
+
+
 # Release dates: one partition per day from the policy's (or environment's) start date.
-DAILY = DailyPartitionsDefinition(
-    start_date=load_policy(policy_path()).partitions_start.isoformat()
-)
+DAILY = DailyPartitionsDefinition(start_date=partitions_start().isoformat())
 
 # DP assets: materialize automatically once upstream is updated, but only if every blocking
 # check upstream (budget_within_limit, min_cohort_size, ...) passed: a failed check stops

@@ -13,8 +13,9 @@ from cohort_pipeline.assets.common import (
     private_metadata,
     progress_log,
 )
-from cohort_pipeline.ingest import COLUMNS, load_window
+from cohort_pipeline.ingest import COLUMNS, earliest_event, load_window
 from cohort_pipeline.privacy.bounding import window
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import (
     PipelineResource,
     WarehouseResource,
@@ -31,6 +32,8 @@ def opt_outs(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
     pipeline.policy()  # the first step: a bad policy stops the release before any data is read
+    if warning := too_open(pipeline.data_dir):
+        context.log.warning(warning)
     frame = optouts.read(pipeline.opt_outs_path)[["user_id"]]
     with warehouse.connect() as con:
         replace_partition(con, "private.opt_outs", context.partition_key, frame)
@@ -69,6 +72,7 @@ def raw_events(
             last,
             secret=key,
             progress=progress_log(context, "event files validated"),
+            earliest=earliest_event(policy),
         )
         context.log.info("storing the validated window in private.raw_events")
         replace_partition(
@@ -93,7 +97,7 @@ def raw_events(
             con,
             "private.ingest_report",
             release_date,
-            result.report,
+            result.report.assign(window_quarantined=result.window_quarantined),
             data_version=result.data_version,
         )
         pruned = prune_windows(con, release_date, warehouse.keep_windows)
@@ -101,6 +105,15 @@ def raw_events(
         f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
+    if result.window_quarantined:
+        # No count and no row: where and why stay in the warehouse.
+        context.log.warning(
+            f"release {release_date}: every event read for the window {first}..{last} was "
+            "quarantined (reasons in private.rejected_events, counts in private.ingest_report). "
+            f"Events before {earliest_event(policy)} are taken for default values: for older "
+            "logs, move release.partitions_start (or COHORT_PIPELINE_PARTITIONS_START) back to "
+            "their first release date."
+        )
     if pruned:
         context.log.info(
             f"removed the validated windows of {len(pruned)} older release date(s) "
