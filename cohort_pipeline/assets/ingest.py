@@ -51,7 +51,6 @@ def raw_events(
     release_date = context.partition_key
     first, _, last = window(policy, date.fromisoformat(release_date))
     catalog = str(pipeline.catalog_path).replace("'", "''")
-    key = warehouse.secret("data_version")
     with warehouse.connect() as con:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)"
@@ -67,7 +66,6 @@ def raw_events(
             "current_opt_outs",
             first,
             last,
-            secret=key,
             progress=progress_log(context, "event files validated"),
         )
         context.log.info("storing the validated window in private.raw_events")
@@ -76,7 +74,6 @@ def raw_events(
             "private.raw_events",
             release_date,
             "SELECT * FROM window_events",
-            data_version=result.data_version,
         )
         # Write the window out now, so that the checkpoint at this step's close (after the
         # small writes below) is the one that vacuums (merges) its part-filled row groups;
@@ -87,18 +84,16 @@ def raw_events(
             "private.rejected_events",
             release_date,
             "SELECT * FROM window_rejected",
-            data_version=result.data_version,
         )
         replace_partition(
             con,
             "private.ingest_report",
             release_date,
             result.report,
-            data_version=result.data_version,
         )
         pruned = prune_windows(con, release_date, warehouse.keep_windows)
     context.log.info(
-        f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
+        f"release {release_date}: window {first}..{last}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
     if pruned:
@@ -110,7 +105,6 @@ def raw_events(
     return MaterializeResult(
         metadata={
             **private_metadata("private.raw_events", COLUMNS),
-            "data_version": result.data_version,
             "window": f"{first} .. {last}",
             "files_read": len(result.report),
         },
