@@ -275,8 +275,8 @@ class Ledger:
             remaining = max(0.0, deadline - time.monotonic())
             con = connect_with_retry(self.path, remaining, "ledger", LedgerBusy)
             try:
+                self._check_schema(con)  # before _SCHEMA: an old file is left as it is
                 con.execute(_SCHEMA)
-                self._check_schema(con)
                 return work(con)
             finally:
                 con.close()
@@ -311,7 +311,7 @@ class Ledger:
             ).fetchall()
         }
         missing = [c for c in COLUMNS if c not in found]
-        if missing:
+        if found and missing:
             raise LedgerSchemaError(
                 f"ledger {self.path}: table privacy_spend lacks column(s) {', '.join(missing)}"
                 " (written by an older cohort_pipeline, which keyed reservations by a data"
