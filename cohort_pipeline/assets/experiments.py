@@ -116,10 +116,12 @@ def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> Ma
     mech = mechanisms(step.policy)["experiment_report"]
     ranked = ranking_date(date.fromisoformat(step.release_date)).isoformat()
     if results is None:
+        # Which releases exist is public; the reason is found before any private row is read.
+        _, reason = _evaluation_inputs(step.warehouse, ranked, step.release_date)
         status = (
-            f"**No experiment for {step.release_date}**: the ranking release of {ranked} is "
-            "missing or incomplete. Materialize that release first. Nothing was recorded and no "
-            "noise was drawn (this release's reserved readout share stays unused)."
+            f"**No experiment for {step.release_date}**: {reason}. Materialize that release "
+            "first. Nothing was recorded and no noise was drawn (this release's reserved "
+            "readout share stays unused)."
         )
         return MaterializeResult(
             metadata={"status": MetadataValue.md(status), "ranking_release": ranked}

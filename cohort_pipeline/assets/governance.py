@@ -89,7 +89,7 @@ def provenance(context: AssetExecutionContext) -> pd.DataFrame:
                 "materialized_at": datetime.fromtimestamp(record.timestamp, UTC).isoformat(
                     timespec="seconds"
                 ),
-                "data_version": tags.get("dagster/data_version", ""),
+                "dagster_data_version": tags.get("dagster/data_version", ""),
                 "code_version": tags.get("dagster/code_version", ""),
             }
         )
