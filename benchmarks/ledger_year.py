@@ -39,14 +39,14 @@ def main() -> None:
         for n in range(args.releases):
             ledger.reserve(
                 FIRST + timedelta(days=n), measurements,
-                policy_hash=policy.hash, data_version="v", run_id=f"r{n}", cap=cap,
+                policy_hash=policy.hash, run_id=f"r{n}", cap=cap,
             )  # fmt: skip
         build = time.perf_counter() - started
         accounting._pld_epsilon.cache_clear()  # time a cold accountant
         started = time.perf_counter()
         res = ledger.reserve(
             FIRST + timedelta(days=args.releases), measurements,
-            policy_hash=policy.hash, data_version="v", run_id="last", cap=cap,
+            policy_hash=policy.hash, run_id="last", cap=cap,
         )  # fmt: skip
         reserve_s = time.perf_counter() - started
         accounting._pld_epsilon.cache_clear()

@@ -14,8 +14,6 @@ read as UTC (the canonical schema's zone).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -66,7 +64,6 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    data_version: str
     report: pd.DataFrame  # per file: rows_read, accepted, quarantined, opted_out, out_of_window
 
     @property
@@ -221,11 +218,6 @@ def _checked(
     """
 
 
-def _content() -> str:
-    """Order-independent fingerprint of rows' typed values: it adds up over files."""
-    return f"sum(hash({', '.join(COLUMNS)})::HUGEINT)"
-
-
 def _as_read() -> str:
     """The columns of a quarantined row as read (text), from typed values and `<col>_raw`."""
     return ", ".join(
@@ -238,7 +230,7 @@ def _read_files(
 ) -> None:
     """One pass per file: accepted candidates (typed, plus raw text only where it differs from
     the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
-    into `window_rejected`, outcome counts and the accepted rows' content hash into
+    into `window_rejected`, and outcome counts into
     `file_outcomes`. Only one file's rows are held with all their columns at a time."""
     typed = ", ".join(f"{n} {t}" for n, t in COLUMNS.items())
     raw = ", ".join(f"{c}_raw VARCHAR" for c in RAW_KEPT)
@@ -252,8 +244,7 @@ def _read_files(
         f" {as_text})"
     )
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE file_outcomes"
-        " (file_no INTEGER, outcome VARCHAR, n BIGINT, content HUGEINT)"
+        "CREATE OR REPLACE TEMP TABLE file_outcomes (file_no INTEGER, outcome VARCHAR, n BIGINT)"
     )
     # NULL where the typed value prints as the text read (always for typed Parquet columns).
     kept = ", ".join(
@@ -279,10 +270,9 @@ def _read_files(
             SELECT source_file, reason, {_as_read()} FROM file_checked
             WHERE outcome = 'quarantined'
         """)
-        con.execute(f"""
+        con.execute("""
             INSERT INTO file_outcomes
-            SELECT file_no, outcome, count(*), {_content()} FILTER (outcome = 'accepted')
-            FROM file_checked GROUP BY ALL
+            SELECT file_no, outcome, count(*) FROM file_checked GROUP BY ALL
         """)
         if progress:
             progress(file_no + 1, len(files))
@@ -291,7 +281,7 @@ def _read_files(
 
 def _drop_duplicates(con) -> None:
     """Among accepted candidates, keep one copy per event key; the others are quarantined as
-    'duplicate event'. The order only breaks ties deterministically so the data version does
+    'duplicate event'. The order only breaks ties deterministically, so the kept copy does
     not depend on file layout. Keys that may repeat are found by grouping their hashes (far
     cheaper than grouping the five text columns of every row); only the rows of those keys are
     then compared on the key itself."""
@@ -330,7 +320,6 @@ def load_window(
     first: date,
     last: date,
     now: pd.Timestamp | None = None,
-    secret: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
     earliest: date = EARLIEST_EVENT,
 ) -> IngestResult:
@@ -338,9 +327,7 @@ def load_window(
     `window_rejected` (quarantined rows, as read, with a reason) from every file in
     `events_dir`. Raises InputError, naming the file, for a file that cannot be used.
 
-    `catalog` and `opt_outs` name relations with item_id and user_id columns. The data
-    version is keyed with the warehouse's private `secret`: it is published (ledger, release
-    tables), and an unkeyed hash of the data would let anyone test guesses about it.
+    `catalog` and `opt_outs` name relations with item_id and user_id columns.
     `progress(done, total)` is called after each file is validated. Events before
     `earliest` (earliest_event of the policy) are quarantined as implausibly old.
     """
@@ -369,16 +356,4 @@ def load_window(
         FROM by_file LEFT JOIN dups d USING (source_file)
         ORDER BY source_file
     """).df()
-    # Content fingerprint of exactly what the release uses (order-independent), plus the
-    # catalog: the same inputs give the same version however the files are laid out. Summed
-    # from the per-file pass minus the duplicates, so the window is not scanned again.
-    digest = con.execute(f"""
-        SELECT (SELECT coalesce(sum(n) FILTER (outcome = 'accepted'), 0) FROM file_outcomes)
-                   - (SELECT count(*) FROM duplicates),
-               (SELECT coalesce(sum(content), 0) FROM file_outcomes)
-                   - (SELECT coalesce({_content()}, 0) FROM duplicates),
-               (SELECT coalesce(sum(hash(item_id, category)::HUGEINT), 0) FROM {catalog})
-    """).fetchall()[0]
-    message = ":".join(map(str, digest)).encode()
-    version = hmac.new(secret, message, hashlib.sha256).hexdigest()[:16]
-    return IngestResult(data_version=version, report=report)
+    return IngestResult(report=report)

@@ -198,9 +198,15 @@ def audit_markdown(
             "</details>",
             "",
             "## Measurements",
-            "The ledger rows of this release (data version "
-            f"`{_first(measurements, 'data_version')}`, reserved by run "
-            f"`{_first(measurements, 'run_id')}`); together epsilon {release_eps:.6g} at delta "
+            f"The ledger rows of this release ({_first(measurements, 'kind')} reservation "
+            f"`{_first(measurements, 'reservation_id')}`, reserved by run "
+            f"`{_first(measurements, 'run_id')}`"
+            + (
+                f", redraw requested: {_first(measurements, 'reason')}"
+                if _first(measurements, "kind") == "redraw"
+                else ""
+            )
+            + f"); together epsilon {release_eps:.6g} at delta "
             f"{policy.delta:g}.",
             "",
             md_table(measurements[cols] if not measurements.empty else measurements),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -107,23 +106,6 @@ class WarehouseResource(ConfigurableResource):
         finally:
             con.close()
             restrict(self.path, f"{self.path}.wal")
-
-    def secret(self, name: str) -> bytes:
-        """A random key kept in the private schema, created on first use (e.g. to key the
-        published data version so it cannot be used to test guesses about the data)."""
-        with self.connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS private.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)"
-            )
-            con.execute(
-                "INSERT INTO private.secrets VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [name, secrets.token_hex(32)],
-            )
-            return bytes.fromhex(
-                con.execute("SELECT value FROM private.secrets WHERE name = ?", [name]).fetchall()[
-                    0
-                ][0]
-            )
 
     def read(self, sql: str, params=None) -> pd.DataFrame:
         with self.connect() as con:

@@ -10,8 +10,8 @@ caps any attacker's advantage at (e^epsilon - 1 + 2 delta) / (e^epsilon + 1) (Ka
 - differencing: two consecutive daily releases, the target joins between them; the attacker
   subtracts the two noisy sizes of the target's cohort.
 - averaging: the same date materialized R times; the attacker averages the target cohort's
-  size. Consistent releases return the stored release on re-runs (assets/common.py:
-  stored_release), so R copies are one draw; the naive arm draws fresh noise every time.
+  size. A released date is final: re-runs return its stored draw (privacy/guard.py:
+  draw_once), so R copies are one draw; the naive arm draws fresh noise every time.
 - singling_out: the target is one of a handful of users in a rare full cohort. Without
   coarsening, a released row describes that handful; with coarsening (cohorts.min_size),
   no released row is that small. The attacker also infers the target's conversion from

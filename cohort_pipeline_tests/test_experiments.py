@@ -340,7 +340,7 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
     finally:
         ledger.close()
     again = run_release(small_dir, instance=instance, selection=report)
-    assert again.success and report_metadata(again)["status"] == "reused the stored release"
+    assert again.success and report_metadata(again)["status"] == "returned the stored draw"
     assert results_rows(small_dir)["value"].equals(rows["value"])
     ledger = duckdb.connect(str(small_dir / "ledger.duckdb"), read_only=True)
     try:

@@ -29,7 +29,6 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     asset_args,
-    data_version_of,
     release_rows,
 )
 from cohort_pipeline.assets.metrics import (
@@ -90,7 +89,7 @@ def provenance(context: AssetExecutionContext) -> pd.DataFrame:
                 "materialized_at": datetime.fromtimestamp(record.timestamp, UTC).isoformat(
                     timespec="seconds"
                 ),
-                "data_version": tags.get("dagster/data_version", ""),
+                "dagster_data_version": tags.get("dagster/data_version", ""),
                 "code_version": tags.get("dagster/code_version", ""),
             }
         )
@@ -120,13 +119,11 @@ def audit_report(
     ledger: LedgerResource,
 ):
     policy, release_date = pipeline.policy(), context.partition_key
-    version = data_version_of(warehouse, "private.cohort_assignments", release_date)
     store, cap = ledger.ledger(), budget_cap(policy)
-    measurements = store.reservation(release_date, policy.hash, version)
+    measurements = store.reservation(release_date)  # the date's current reservation
     if measurements.empty:
         raise Failure(
-            f"no ledger reservation for release {release_date} (policy {policy.hash}, "
-            f"data version {version}): nothing was released to audit"
+            f"no ledger reservation for release {release_date}: nothing was released to audit"
         )
     summary = budget_summary(store, policy, as_of=release_date)
     burn = reports.burn_down(store.rows(), cap, release_date)
@@ -156,7 +153,7 @@ def audit_report(
             "audit_report": MetadataValue.md(reports.audit_markdown(chart_src=inline, **inputs)),
             "export": MetadataValue.path(str(path)),
             "policy_hash": policy.hash,
-            "data_version": version,
+            "reservation_id": str(measurements["reservation_id"].iloc[0]),
             "git_commit": commit or "unknown",
             "epsilon_remaining": summary["epsilon_remaining"],
             "horizon_epsilon": summary["horizon_epsilon"],

@@ -54,7 +54,6 @@ def raw_events(
     release_date = context.partition_key
     first, _, last = window(policy, date.fromisoformat(release_date))
     catalog = str(pipeline.catalog_path).replace("'", "''")
-    key = warehouse.secret("data_version")
     with warehouse.connect() as con:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)"
@@ -70,7 +69,6 @@ def raw_events(
             "current_opt_outs",
             first,
             last,
-            secret=key,
             progress=progress_log(context, "event files validated"),
             earliest=earliest_event(policy),
         )
@@ -80,7 +78,6 @@ def raw_events(
             "private.raw_events",
             release_date,
             "SELECT * FROM window_events",
-            data_version=result.data_version,
         )
         # Write the window out now, so that the checkpoint at this step's close (after the
         # small writes below) is the one that vacuums (merges) its part-filled row groups;
@@ -91,18 +88,16 @@ def raw_events(
             "private.rejected_events",
             release_date,
             "SELECT * FROM window_rejected",
-            data_version=result.data_version,
         )
         replace_partition(
             con,
             "private.ingest_report",
             release_date,
             result.report.assign(window_quarantined=result.window_quarantined),
-            data_version=result.data_version,
         )
         pruned = prune_windows(con, release_date, warehouse.keep_windows)
     context.log.info(
-        f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
+        f"release {release_date}: window {first}..{last}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
     if result.window_quarantined:
@@ -123,7 +118,6 @@ def raw_events(
     return MaterializeResult(
         metadata={
             **private_metadata("private.raw_events", COLUMNS),
-            "data_version": result.data_version,
             "window": f"{first} .. {last}",
             "files_read": len(result.report),
         },
