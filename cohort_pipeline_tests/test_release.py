@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from cohort_pipeline.policy import MEASURED_ASSETS
+from cohort_pipeline.policy import MEASURED_ASSETS, load_policy
+from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.release import (
     mechanisms,
     release_cohort_metrics,
@@ -14,6 +15,13 @@ from cohort_pipeline.privacy.release import (
 )
 from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
 
+PREPARE_AND_RESERVE = [
+    "opt_outs",
+    "raw_events",
+    "user_profiles",
+    "cohort_assignments",
+    "privacy_budget_ledger",
+]
 RELEASE_TABLES = [
     "cohort_sizes",
     "cohort_metrics",
@@ -418,3 +426,29 @@ def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
     assert np.median(errors_c) <= 0.05
     assert 0.90 <= np.mean(cover_n) <= 0.99
     assert 0.90 <= np.mean(cover_c) <= 0.99
+
+
+@pytest.mark.parametrize("smallest, passes", [(49.5, False), (50.0, True)])
+def test_min_cohort_size_holds_exactly_at_k(small_dir, smallest, passes):
+    """k = 50 (small_dir): a stored draw whose smallest noisy cohort is k - 0.5 fails the check
+    and writes nothing; one at exactly k passes and is released. The draw is planted under the
+    date's real reservation, so the real asset reads it instead of drawing."""
+    assert run_release(small_dir, selection=PREPARE_AND_RESERVE).success
+    policy = load_policy(small_dir / "policy.yaml")
+    empty = pd.DataFrame({"cohort_key": policy.cohort_keys(), "users": 0.0})
+    planted = release_cohort_sizes(empty, policy).assign(noisy_users=1_000.0)
+    planted.loc[3, "noisy_users"] = smallest
+    reservation = Ledger(small_dir / "ledger.duckdb").reservation(RELEASE_DATE)
+    with duckdb.connect(str(small_dir / "warehouse.duckdb")) as con:
+        con.register("planted", planted)
+        con.execute(
+            f"CREATE TABLE private.draws_cohort_sizes AS SELECT DATE '{RELEASE_DATE}' AS"
+            " release_date, ? AS reservation_id, * FROM planted",
+            [reservation["reservation_id"].iloc[0]],
+        )
+    result = run_release(small_dir, selection=["cohort_sizes"])
+    assert check_results(result) == {"min_cohort_size": passes}
+    released = release_rows(small_dir, "cohort_sizes")
+    assert len(released) == (len(planted) if passes else 0)
+    if passes:
+        assert released["noisy_users"].min() == 50.0
