@@ -29,7 +29,7 @@ from cohort_pipeline.alerts import PSI_BREACH, read_alerts
 from cohort_pipeline.cli import main
 from cohort_pipeline.definitions import defs
 from cohort_pipeline.policy import load_policy, parse_policy
-from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.privacy.ledger import BudgetCap, Ledger
 from cohort_pipeline.privacy.release import budget_cap, exact_cohort_counts, planned_measurements
 from cohort_pipeline.sensors import drift_ranking_refresh
 from cohort_pipeline_tests.conftest import (
@@ -276,3 +276,27 @@ def test_coarsening_table_keeps_each_cohort_key_in_one_cell():
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", rows[0])[1:-1]]
     reason = f"members' noisy sizes below k = {policy.min_size}"
     assert cells == [r"low\|recent\|*", "2", "device", "250.5", reason]
+
+
+def test_burn_down_thresholds_sit_on_the_spent_scale():
+    cap = BudgetCap(epsilon_cap=8.0, window_days=3, delta=1e-6, composition="basic")
+    rows = pd.DataFrame(
+        {
+            "release_date": pd.to_datetime(["2026-11-27", "2026-11-28"]),
+            "epsilon": [1.0, 1.0],
+            "delta": [0.0, 0.0],
+            "rho": [0.5, 0.5],
+        }
+    )
+    burn = reports.burn_down(rows, cap, "2026-11-28")
+    assert list(burn["epsilon_spent"]) == [0.0, 1.0, 2.0]
+    ax = reports.burn_down_figure(burn, cap).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # Alerts fire when 80% / 95% of the cap is spent: the lines sit at 6.4 and 7.6 on the
+    # axis the spent line is drawn on, not at what would remain (1.6, 0.4).
+    thresholds = sorted(
+        line.get_ydata()[0] for label, line in lines.items() if "of the cap spent" in label
+    )
+    assert thresholds == pytest.approx([6.4, 7.6])
+    assert list(lines["epsilon spent"].get_ydata()) == [0.0, 1.0, 2.0]
+    assert list(lines["epsilon remaining"].get_ydata()) == [8.0, 7.0, 6.0]
