@@ -9,6 +9,7 @@ a breach.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 from types import SimpleNamespace
@@ -300,3 +301,43 @@ def test_burn_down_thresholds_sit_on_the_spent_scale():
     assert thresholds == pytest.approx([6.4, 7.6])
     assert list(lines["epsilon spent"].get_ydata()) == [0.0, 1.0, 2.0]
     assert list(lines["epsilon remaining"].get_ydata()) == [8.0, 7.0, 6.0]
+
+
+def test_budget_status_shows_the_ledgers_current_figures(releases, capsys):
+    events = releases.second.get_asset_materialization_events()
+    status = next(e for e in events if e.asset_key == AssetKey("privacy_budget_status"))
+    meta = {k: v.value for k, v in status.materialization.metadata.items()}
+    assert main(["--data-dir", str(releases.data), "ledger", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert meta["epsilon_remaining"] == pytest.approx(shown["epsilon_remaining"])
+    assert meta["epsilon_spent"] == pytest.approx(shown["epsilon_spent"])
+    assert f"{shown['epsilon_remaining']:.4f} left" in meta["budget_left"]
+    assert meta["epsilon_cap"] == "8"  # a constant: text, never a plotted number
+    releases_table = meta["releases"]
+    assert sorted(r.data["release_date"] for r in releases_table.records) == sorted(
+        [PREVIOUS_DATE, RELEASE_DATE]
+    )
+
+
+def test_budget_status_refreshes_after_every_ledger_change(small_dir):
+    instance = DagsterInstance.ephemeral()
+    tick_time = dt.datetime.combine(
+        dt.date.fromisoformat(RELEASE_DATE) + dt.timedelta(days=1), dt.time(4), dt.UTC
+    )
+    status = AssetKey("privacy_budget_status")
+    cursor = evaluate_automation_conditions(defs, instance, None, tick_time).cursor
+
+    def tick():
+        nonlocal cursor
+        result = evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=tick_time, cursor=cursor
+        )
+        cursor = result.cursor
+        return result.get_num_requested(status) == 1
+
+    assert run_release(small_dir, instance=instance, selection=RESERVATION).success
+    assert tick(), "a new reservation makes the budget view stale"
+    assert run_release(small_dir, None, instance=instance, selection=[status.path[0]]).success
+    assert not tick(), "refreshed: nothing new in the ledger"
+    assert run_release(small_dir, PREVIOUS_DATE, instance=instance, selection=RESERVATION).success
+    assert tick(), "a backfilled date changes the budget too"
