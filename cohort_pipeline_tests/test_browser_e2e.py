@@ -55,7 +55,7 @@ def dagster_dev(tmp_path: Path, data: Path):
     group (webserver, daemon, code servers, runs) and waits for it."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster_instance.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "COHORT_PIPELINE_DATA_DIR": str(data)}
     env.pop(WEBHOOK_ENV, None)
     port = _free_port()

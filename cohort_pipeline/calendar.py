@@ -1,0 +1,69 @@
+"""Release dates the events on file allow (public: dates of daily event files, the policy).
+
+`make run` starts the daily partitions at `first_release_date`, so the UI offers only dates
+whose lookback window the events cover, not every day since the policy's
+`release.partitions_start`. Usage: `python -m cohort_pipeline.calendar first-date|latest-date
+[--data-dir DIR] [--policy FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+from cohort_pipeline.ingest import InputError, event_files
+from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.resources import data_dir, policy_path
+
+
+def event_dates(data: Path | str) -> list[date]:
+    """The dates of the daily event files (events-YYYY-MM-DD.*), sorted."""
+    events = Path(data) / "events"
+    dates = []
+    for path in event_files(events):
+        stem = path.stem.removeprefix("events-")
+        try:
+            dates.append(date.fromisoformat(stem))
+        except ValueError:
+            continue  # not a daily file: its rows still count, its name dates nothing
+    if not dates:
+        raise InputError(f"no daily event files (events-YYYY-MM-DD.parquet|csv) in {events}")
+    return sorted(dates)
+
+
+def latest_event_date(data: Path | str) -> date:
+    """The newest event date on file: the release `make run` materializes."""
+    return event_dates(data)[-1]
+
+
+def first_release_date(data: Path | str, policy: Policy) -> date:
+    """The first release date whose whole lookback window (ending on it) has event files, or
+    the policy's release.partitions_start if later; the latest event date when the files
+    span less than one window."""
+    dates = event_dates(data)
+    covered = min(dates[0] + timedelta(days=policy.lookback_days - 1), dates[-1])
+    return max(covered, policy.partitions_start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cohort_pipeline.calendar")
+    parser.add_argument("what", choices=("first-date", "latest-date"))
+    parser.add_argument("--data-dir", default=str(data_dir()))
+    parser.add_argument("--policy", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "latest-date":
+            print(latest_event_date(args.data_dir).isoformat())
+        else:
+            policy = load_policy(args.policy or policy_path(args.data_dir))
+            print(first_release_date(args.data_dir, policy).isoformat())
+    except Exception as exc:  # one clear line for make
+        print(f"cohort_pipeline.calendar {args.what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
