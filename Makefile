@@ -38,17 +38,20 @@ $(DAGSTER_HOME)/dagster.yaml: dagster_instance.yaml
 CALENDAR := $(BIN)/python -m cohort_pipeline.calendar --data-dir $(DATA)
 START = start=$$($(CALENDAR) first-date) && export COHORT_PIPELINE_PARTITIONS_START=$$start
 
+# Dagster's CLI points at `dg`, which this project does not install: keep the notice out.
+QUIET := PYTHONWARNINGS='ignore:Function `job_execute_command` is superseded,ignore:Function `dev_command` is superseded'
+
 # The latest day's release as a run of the daily_release job, stored in DAGSTER_HOME so the UI
-# shows it under Jobs and Runs with its checks. Exits non-zero, naming the failed check, when a
-# blocking check stops it.
+# lists it under Runs and on the job's page (the repository tag is the one the UI gives the
+# runs it launches from the `cohort_pipeline` location). Exits non-zero, naming the failed
+# check, when a blocking check stops it.
 release: data $(DATA)/policy.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(START) && day=$$($(CALENDAR) latest-date) && \
-	PYTHONWARNINGS='ignore:Function `job_execute_command` is superseded' \
-	$(BIN)/dagster job execute -m cohort_pipeline.definitions -j daily_release \
-	  --tags "{\"dagster/partition\": \"$$day\"}"
+	$(START) && day=$$($(CALENDAR) latest-date) && $(QUIET) \
+	$(BIN)/dagster job execute -m cohort_pipeline.definitions -j daily_release --tags \
+	  "{\"dagster/partition\": \"$$day\", \".dagster/repository\": \"__repository__@cohort_pipeline\"}"
 
 run: release
-	$(START) && $(BIN)/dagster dev -w workspace.yaml -h 0.0.0.0 -p $(PORT)
+	$(START) && $(QUIET) $(BIN)/dagster dev -w workspace.yaml -h 0.0.0.0 -p $(PORT)
 
 test: install
 	$(BIN)/ruff format --check cohort_pipeline cohort_pipeline_tests benchmarks
