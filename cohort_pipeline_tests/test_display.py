@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 from dagster import AssetKey
 
+from cohort_pipeline.assets.conventions import markdown_safe
 from cohort_pipeline.assets.tables import (
     TABLES,
     accuracy_columns,
+    constants_metadata,
+    noisy_metadata,
     preview_table,
     release_table_metadata,
     release_table_spec_metadata,
@@ -132,3 +135,23 @@ def test_every_release_column_is_described():
         schema = release_table_spec_metadata(table)["dagster/column_schema"]
         assert [c.name for c in schema.columns] == list(columns), table
         assert all(c.description for c in schema.columns), table
+
+
+def test_noisy_values_and_constants_as_metadata():
+    meta = noisy_metadata("noisy_users:low|recent|mobile", 362.127654, 44.3)
+    assert meta["noisy_users:low|recent|mobile"].value == 362.0
+    assert meta["noisy_users:low|recent|mobile (95%)"].value == "362 ± 44 (95%: 318 to 406)"
+    consts = constants_metadata(epsilon_cap=8.0, delta=1e-6, min_size=200)
+    assert {k: v.value for k, v in consts.items()} == {
+        "epsilon_cap": "8",
+        "delta": "1e-06",
+        "min_size": "200",
+    }
+
+
+def test_descriptions_keep_placeholders_visible():
+    assert (
+        markdown_safe("Also written to exports/<date>/audit_report.md.")
+        == "Also written to `exports/<date>/audit_report.md`."
+    )
+    assert markdown_safe("kept `exports/<date>/x.md` as is") == "kept `exports/<date>/x.md` as is"

@@ -27,6 +27,7 @@ from dagster import (
 
 from cohort_pipeline import reports
 from cohort_pipeline.alerts import PSI_BREACH, read_alerts
+from cohort_pipeline.assets.tables import TABLES
 from cohort_pipeline.cli import main
 from cohort_pipeline.definitions import defs
 from cohort_pipeline.policy import load_policy, parse_policy
@@ -341,3 +342,32 @@ def test_budget_status_refreshes_after_every_ledger_change(small_dir):
     assert not tick(), "refreshed: nothing new in the ledger"
     assert run_release(small_dir, PREVIOUS_DATE, instance=instance, selection=RESERVATION).success
     assert tick(), "a backfilled date changes the budget too"
+
+
+def test_release_tables_are_described_as_written(releases):
+    # assets/tables.py describes every release table's columns for the UI: a column added,
+    # renamed or dropped in a release table must be described there too.
+    with duckdb.connect(str(releases.data / "warehouse.duckdb"), read_only=True) as con:
+        written = {
+            f"release.{name}": [c[0] for c in con.execute(f"DESCRIBE release.{name}").fetchall()]
+            for (name,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'release'"
+            ).fetchall()
+        }
+    assert set(written) - {"release.experiment_results"} <= set(TABLES)
+    for table, columns in written.items():
+        assert columns == list(TABLES[table]), table
+    events = releases.second.get_asset_materialization_events()
+    similarity = next(e for e in events if e.asset_key == AssetKey("cohort_similarity"))
+    meta = similarity.materialization.metadata
+    assert meta["dagster/table_name"].value == "warehouse.release.cohort_similarity"
+    assert meta["dagster/row_count"].value == len(
+        release_rows_of(releases.data, "cohort_similarity")
+    )
+
+
+def release_rows_of(data, table: str) -> pd.DataFrame:
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(
+            f"SELECT * FROM release.{table} WHERE release_date = ?", [RELEASE_DATE]
+        ).df()

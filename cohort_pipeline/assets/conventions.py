@@ -4,6 +4,7 @@ materialization, a link to the docs of each group, and the daily release's fresh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,15 @@ DAILY_RELEASE_FRESHNESS = FreshnessPolicy.cron(
 )
 
 
+# A path such as exports/<date>/audit_report.md: Markdown would take <date> for an HTML tag.
+PLACEHOLDER_PATH = re.compile(r"(?<![`\w./-])([\w./-]*<[\w ]+>[\w./-]*\w)")
+
+
+def markdown_safe(description: str | None) -> str | None:
+    """`description` with every path holding a <placeholder> set as code, so the UI shows it."""
+    return description and PLACEHOLDER_PATH.sub(r"`\1`", description)
+
+
 def conventions(spec: AssetSpec) -> AssetSpec:
     name = spec.key.to_user_string()
     metadata = dict(spec.metadata)
@@ -40,6 +50,7 @@ def conventions(spec: AssetSpec) -> AssetSpec:
         metadata["docs"] = MetadataValue.path(str(DOCS / GROUP_DOCS[spec.group_name]))
     daily_release = spec.partitions_def is not None and spec.tags.get("zone") == RELEASE
     return spec.replace_attributes(
+        description=markdown_safe(spec.description),
         metadata=metadata,
         freshness_policy=DAILY_RELEASE_FRESHNESS if daily_release else spec.freshness_policy,
     )

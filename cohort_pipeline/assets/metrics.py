@@ -20,6 +20,7 @@ from cohort_pipeline.assets.common import (
     write_release,
 )
 from cohort_pipeline.assets.privacy import cohort_sizes
+from cohort_pipeline.assets.tables import release_table_metadata
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
 from cohort_pipeline.resources import (
     LedgerResource,
@@ -167,6 +168,7 @@ def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResour
     off = sim[sim["cohort_key"] != sim["other_cohort_key"]]["similarity"]
     return MaterializeResult(
         metadata={
+            **release_table_metadata("release.cohort_similarity", sim),
             "mean_similarity": float(off.mean()) if len(off) else 1.0,
             "min_similarity": float(off.min()) if len(off) else 1.0,
         }

@@ -27,6 +27,7 @@ from cohort_pipeline.assets.common import (
     table_preview,
     write_release,
 )
+from cohort_pipeline.assets.tables import constants_metadata
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
@@ -102,10 +103,16 @@ def privacy_budget_ledger(
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
     for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
         context.log.error(error)
+    constants = constants_metadata(
+        epsilon_per_release=policy.epsilon_per_release,
+        delta=policy.delta,
+        epsilon_cap=policy.epsilon_cap,
+        window_days=policy.window_days,
+    )
     check_meta = {
+        "release_date": release_date,
         "epsilon_spent": spent,
-        "epsilon_cap": policy.epsilon_cap,
-        "window_days": policy.window_days,
+        **constants,
         "composition": policy.composition,
         "reason": reason,
     }
@@ -123,11 +130,9 @@ def privacy_budget_ledger(
     ]
     return MaterializeResult(
         metadata={
-            "epsilon_per_release": policy.epsilon_per_release,
-            "delta": policy.delta,
+            **constants,
             "epsilon_spent_window": spent,
             "epsilon_remaining": remaining,
-            "epsilon_cap": policy.epsilon_cap,
             "policy_hash": policy.hash,
             "data_version": version,
             "reserved": passed,
@@ -142,7 +147,16 @@ def privacy_budget_ledger(
             ),
             *[
                 AssetCheckResult(
-                    check_name=name, passed=ok, severity=AssetCheckSeverity.WARN, metadata=meta
+                    check_name=name,
+                    passed=ok,
+                    severity=AssetCheckSeverity.WARN,
+                    metadata={
+                        "release_date": release_date,
+                        **meta,
+                        **constants_metadata(
+                            threshold=meta["threshold"], epsilon_cap=meta["epsilon_cap"]
+                        ),
+                    },
                 )
                 for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)
             ],

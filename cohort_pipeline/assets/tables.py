@@ -20,7 +20,12 @@ from dagster import (
     TableSchema,
 )
 
-from cohort_pipeline.display import round_half_width, round_to_accuracy
+from cohort_pipeline.display import (
+    constant_text,
+    interval_95,
+    round_half_width,
+    round_to_accuracy,
+)
 
 CATALOG = "warehouse"  # DuckDB names a file's catalog after the file: warehouse.duckdb
 
@@ -255,3 +260,18 @@ def preview_table(frame: pd.DataFrame, significant: int = 3) -> MetadataValue:
         records.append(TableRecord(cells))
     schema = TableSchema(columns=[column(str(name), kinds[name]) for name in frame.columns])
     return MetadataValue.table(records=records, schema=schema)
+
+
+def noisy_metadata(label: str, value: float, half_width: float) -> dict:
+    """A noisy value as metadata: the number rounded to its accuracy (plotted across
+    releases) and, beside it, the text with its 95% interval, so that movement between
+    releases within the noise reads as such."""
+    return {
+        label: MetadataValue.float(round_to_accuracy(float(value), float(half_width))),
+        f"{label} (95%)": MetadataValue.text(interval_95(float(value), float(half_width))),
+    }
+
+
+def constants_metadata(**constants) -> dict:
+    """Policy constants (cap, delta, k, limits) as text: shown once, never plotted."""
+    return {name: MetadataValue.text(constant_text(value)) for name, value in constants.items()}
