@@ -37,9 +37,9 @@ def budget_status_metadata(summary: dict) -> dict:
     figures = {k: float(summary[k]) for k in FIGURES if summary.get(k) is not None}
     cap = summary["epsilon_cap"]
     left = (
-        f"epsilon {summary['epsilon_remaining']:.4f} left of the cap {constant_text(cap)} "
-        f"(spent {summary['epsilon_spent']:.4f}) in the worst {summary['window_days']}-day window"
-        f" containing {summary['as_of'] or 'no release yet'}"
+        f"epsilon {summary['epsilon_remaining']:.4f} left of {constant_text(cap)} (spent "
+        f"{summary['epsilon_spent']:.4f}; worst {summary['window_days']}-day window containing "
+        f"{summary['as_of'] or 'no release yet'})"
     )
     if summary.get("horizon_epsilon") is not None:
         left += (
