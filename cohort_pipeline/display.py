@@ -13,11 +13,17 @@ SIGNIFICANT = 2  # significant digits of a 95% half-width
 
 
 def accuracy_decimals(half_width: float) -> int | None:
-    """Decimal places at which a value with this 95% half-width is shown (negative rounds to
-    tens, hundreds, ...); None when the half-width is not a positive finite number."""
+    """Decimal places at which a value with this 95% half-width is shown, never fewer than
+    none (a half-width of 987 keeps its units); None when the half-width is not a positive
+    finite number."""
     if not (isinstance(half_width, int | float) and math.isfinite(half_width) and half_width > 0):
         return None
-    return SIGNIFICANT - 1 - math.floor(math.log10(half_width))
+    return max(0, significant_decimals(half_width, SIGNIFICANT))
+
+
+def significant_decimals(value: float, significant: int) -> int:
+    """Decimal places that keep `significant` significant digits of `value`."""
+    return significant - 1 - math.floor(math.log10(abs(value))) if value else 0
 
 
 def _round(value: float, decimals: int) -> float:
@@ -27,12 +33,12 @@ def _round(value: float, decimals: int) -> float:
 
 def round_to_accuracy(value: float, half_width: float, significant: int = 6) -> float:
     """`value` rounded to the decimal place of its 95% half-width (to `significant`
-    significant digits when it has none)."""
+    significant digits, but never above the units, when it has none)."""
     if not math.isfinite(value):
         return value
     decimals = accuracy_decimals(half_width)
-    if decimals is None:
-        return float(f"{value:.{significant}g}")
+    if decimals is None:  # no noise to go by: `significant` digits, the units always kept
+        decimals = max(0, significant_decimals(value, significant))
     return _round(value, decimals)
 
 

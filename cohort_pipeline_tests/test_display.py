@@ -33,7 +33,7 @@ from cohort_pipeline.display import (
         (362.127654, 44.3, "362 ± 44"),
         (362.127654, 4.43, "362.1 ± 4.4"),
         (0.0123456, 0.00456, "0.0123 ± 0.0046"),
-        (12345.6, 987.0, "12350 ± 990"),
+        (12345.6, 987.0, "12346 ± 987"),  # units kept: never rounded to tens
         (-0.0004, 0.03, "0.000 ± 0.030"),
         (5.5, 0.0, "5.5"),
         (5.5, math.nan, "5.5"),
@@ -47,6 +47,7 @@ def test_rounded_value_and_interval():
     assert round_to_accuracy(362.127654, 44.3) == 362.0
     assert round_to_accuracy(0.0123456, 0.00456) == 0.0123
     assert round_to_accuracy(1 / 3, math.nan) == 0.333333
+    assert round_to_accuracy(1963.26, math.nan, significant=3) == 1963.0  # units kept
     assert interval_95(362.127654, 44.3) == "362 ± 44 (95%: 318 to 406)"
 
 
