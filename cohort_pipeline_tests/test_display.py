@@ -85,7 +85,8 @@ def test_preview_keeps_cohort_keys_in_their_column():
         "accuracy_95": 44.0,
         "rank": 1,
     }
-    assert second["noisy_users"] == 1235.0
+    assert second["noisy_users"] == 1235
+    assert type(second["noisy_users"]) is int  # stored as "1235", not "1235.0"
     # described columns carry their description into the UI
     assert (
         "DP count" in next(c for c in table.schema.columns if c.name == "noisy_users").description
@@ -140,7 +141,8 @@ def test_every_release_column_is_described():
 
 def test_noisy_values_and_constants_as_metadata():
     meta = noisy_metadata("noisy_users:low|recent|mobile", 362.127654, 44.3)
-    assert meta["noisy_users:low|recent|mobile"].value == 362.0
+    assert meta["noisy_users:low|recent|mobile"].value == 362
+    assert type(meta["noisy_users:low|recent|mobile"].value) is int  # stored as "362"
     assert meta["noisy_users:low|recent|mobile (95%)"].value == "362 ± 44 (95%: 318 to 406)"
     consts = constants_metadata(epsilon_cap=8.0, delta=1e-6, min_size=200)
     assert {k: v.value for k, v in consts.items()} == {

@@ -229,11 +229,17 @@ def accuracy_columns(frame: pd.DataFrame) -> dict[str, str]:
     return found
 
 
+def _shown(number: float) -> float | int:
+    """A rounded number as stored in Dagster: 1364 rather than 1364.0, so the stored text
+    claims no more precision than the rounding kept."""
+    return int(number) if number.is_integer() else number
+
+
 def _cell(value, kind: str, half_width=None, significant: int = 3):
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     if kind == "float":
-        return round_to_accuracy(float(value), half_width, significant)
+        return _shown(round_to_accuracy(float(value), half_width, significant))
     if kind == "int":
         return int(value)
     if kind == "bool":
@@ -253,7 +259,7 @@ def preview_table(frame: pd.DataFrame, significant: int = 3) -> MetadataValue:
         cells = {}
         for name, value in row.items():
             if name in half_widths and kinds[name] == "float" and not pd.isna(value):
-                cells[name] = round_half_width(float(value))
+                cells[name] = _shown(round_half_width(float(value)))
             else:
                 half = row[accuracy[name]] if name in accuracy else None
                 cells[name] = _cell(value, kinds[name], half, significant)
@@ -266,8 +272,11 @@ def noisy_metadata(label: str, value: float, half_width: float) -> dict:
     """A noisy value as metadata: the number rounded to its accuracy (plotted across
     releases) and, beside it, the text with its 95% interval, so that movement between
     releases within the noise reads as such."""
+    rounded = _shown(round_to_accuracy(float(value), float(half_width)))
     return {
-        label: MetadataValue.float(round_to_accuracy(float(value), float(half_width))),
+        label: MetadataValue.int(rounded)
+        if isinstance(rounded, int)
+        else MetadataValue.float(rounded),
         f"{label} (95%)": MetadataValue.text(interval_95(float(value), float(half_width))),
     }
 
