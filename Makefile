@@ -32,17 +32,30 @@ $(DATA)/policy.yaml:
 	cp data/policy.yaml $@
 	@echo "copied the default policy to $@"
 
-$(DAGSTER_HOME)/dagster.yaml:
+$(DAGSTER_HOME)/dagster.yaml: dagster_instance.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp dagster_instance.yaml $@
 
-# The latest day's release, stored in DAGSTER_HOME so the UI shows it and its checks.
+# Release dates the events allow: the partitions start at the first date whose whole lookback
+# window is on file (or the policy's release.partitions_start, if later), so the UI offers no
+# empty dates. Both the release and the UI load the definitions with the same start.
+CALENDAR := $(BIN)/cohort-pipeline --data-dir $(DATA)
+START = start=$$($(CALENDAR) first-date) && export COHORT_PIPELINE_PARTITIONS_START=$$start
+
+# Dagster's CLI points at `dg`, which this project does not install: keep the notice out.
+QUIET := PYTHONWARNINGS='ignore:Function `job_execute_command` is superseded,ignore:Function `dev_command` is superseded'
+
+# The latest day's release as a run of the daily_release job, stored in DAGSTER_HOME so the UI
+# lists it under Runs and on the job's page (the repository tag is the one the UI gives the
+# runs it launches from the `cohort_pipeline` location). Exits non-zero, naming the failed
+# check, when a blocking check stops it.
 release: data $(DATA)/policy.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m cohort_pipeline.definitions --select '*' \
-	  --partition $$($(BIN)/cohort-pipeline --data-dir $(DATA) latest-date)
+	$(START) && day=$$($(CALENDAR) latest-date) && $(QUIET) \
+	$(BIN)/dagster job execute -m cohort_pipeline.definitions -j daily_release --tags \
+	  "{\"dagster/partition\": \"$$day\", \".dagster/repository\": \"__repository__@cohort_pipeline\"}"
 
 run: release
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	$(START) && $(QUIET) $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 test: install
 	$(BIN)/ruff format --check cohort_pipeline cohort_pipeline_tests benchmarks

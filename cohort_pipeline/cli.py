@@ -76,13 +76,19 @@ def cmd_generate(args) -> int:
 
 def cmd_latest_date(args) -> int:
     """The newest event date on file: the release `make run` materializes."""
-    from cohort_pipeline.ingest import event_files
+    from cohort_pipeline.calendar import latest_event_date
 
-    dates = sorted(
-        p.stem.removeprefix("events-") for p in event_files(Path(args.data_dir) / "events")
-    )
-    latest = max(dt.date.fromisoformat(d) for d in dates if d[:4].isdigit())
-    print(latest.isoformat())
+    print(latest_event_date(args.data_dir).isoformat())
+    return 0
+
+
+def cmd_first_date(args) -> int:
+    """The first release date whose whole lookback window is on file (`make run` starts the
+    daily partitions there)."""
+    from cohort_pipeline.calendar import first_release_date
+    from cohort_pipeline.policy import load_policy
+
+    print(first_release_date(args.data_dir, load_policy(args.policy)).isoformat())
     return 0
 
 
@@ -194,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     latest = sub.add_parser("latest-date", help="print the newest event date on file")
     latest.set_defaults(func=cmd_latest_date)
+    first = sub.add_parser(
+        "first-date", help="print the first release date whose lookback window is on file"
+    )
+    first.set_defaults(func=cmd_first_date)
 
     imp = sub.add_parser("import", help="turn an interactions file into canonical events")
     imp.add_argument("file", help="interactions: ratings, clicks or purchases")

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
+    BetaWarning,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
     Definitions,
     build_schedule_from_partitioned_job,
     define_asset_job,
     in_process_executor,
     load_asset_checks_from_modules,
     load_assets_from_modules,
+    with_source_code_references,
 )
 
 from cohort_pipeline.assets import (
+    budget,
     cohorts,
     experiments,
     governance,
@@ -26,6 +33,7 @@ from cohort_pipeline.assets import (
     risk,
 )
 from cohort_pipeline.assets.common import DAILY
+from cohort_pipeline.assets.conventions import with_conventions
 from cohort_pipeline.engines import engine_for
 from cohort_pipeline.resources import (
     LedgerResource,
@@ -36,7 +44,7 @@ from cohort_pipeline.resources import (
 )
 from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 
-ASSET_MODULES = [ingest, cohorts, privacy, metrics, ranking, experiments, governance]
+ASSET_MODULES = [ingest, cohorts, privacy, budget, metrics, ranking, experiments, governance]
 
 
 def keep_windows() -> int:
@@ -68,10 +76,19 @@ def resources_for(data: Path | str | None = None, policy: Path | str | None = No
     }
 
 
-all_assets = load_assets_from_modules(ASSET_MODULES)
+# Every asset gets the project's conventions in one place (assets/conventions.py: release
+# tables' schemas and lineage, docs links, the daily release's freshness policy) and a link to
+# its code in the UI.
+def _assets(modules: list) -> list:
+    with warnings.catch_warnings():  # code references are a beta API of Dagster 1.13
+        warnings.simplefilter("ignore", BetaWarning)
+        return with_source_code_references(with_conventions(load_assets_from_modules(modules)))
+
+
+all_assets = _assets(ASSET_MODULES)
 # privacy_risk_report simulates attacks on synthetic data from the policy alone (seconds of
 # OpenDP sampling): kept out of all_assets, which every in-process test release materializes.
-risk_assets = load_assets_from_modules([risk])
+risk_assets = _assets([risk])
 
 # The whole release graph is many small steps over one DuckDB file: the in-process
 # executor avoids ~1-2 s of process start per step and any write-lock contention within a run.
@@ -83,12 +100,29 @@ daily_release = define_asset_job(
     description="The daily DP release: ingest -> cohorts -> ledger reservation -> DP metrics -> ranking.",
 )
 
+# Automation runs as the README describes it from the first start; turn either off on the
+# UI's Automation page (the state is kept in DAGSTER_HOME).
+daily_release_schedule = build_schedule_from_partitioned_job(
+    daily_release,
+    hour_of_day=3,
+    minute_of_hour=0,
+    default_status=DefaultScheduleStatus.RUNNING,
+)
+# The DP assets' and the budget view's automation conditions are evaluated by this sensor.
+automation = AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Evaluates the assets' automation conditions: DP assets after their upstream "
+    "blocking checks passed, privacy_budget_status after every ledger change.",
+)
+
 defs = Definitions(
     assets=[*all_assets, *risk_assets],
     asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
     jobs=[daily_release, ranking_refresh],
-    schedules=[build_schedule_from_partitioned_job(daily_release, hour_of_day=3, minute_of_hour=0)],
-    sensors=[drift_ranking_refresh],
+    schedules=[daily_release_schedule],
+    sensors=[drift_ranking_refresh, automation],
     resources=resources_for(),
     executor=in_process_executor,
 )

@@ -70,6 +70,27 @@ def ranking_date(release_date: date) -> date:
     return release_date - timedelta(days=EVAL_DAYS)
 
 
+def next_experiment_date(release_date: date, ranking_releases) -> date:
+    """The first date from `release_date` on whose report has a ranking to evaluate:
+    `EVAL_DAYS` after a release of cohort_recommendations (`ranking_releases`), counting
+    `release_date`'s own ranking, which its run releases before the report."""
+    due = [d + timedelta(days=EVAL_DAYS) for d in ranking_releases]
+    return min([d for d in due if d >= release_date] or [release_date + timedelta(days=EVAL_DAYS)])
+
+
+def no_experiment_reason(release_date: date, ranking_releases) -> str:
+    """Why `release_date` has no experiment readout and when one will exist: the report of
+    D evaluates the ranking released on D - EVAL_DAYS (public release dates only)."""
+    ranked = ranking_date(release_date)
+    due = next_experiment_date(release_date, [*ranking_releases, release_date])
+    return (
+        f"no experiment for {release_date}: its report evaluates the ranking released on "
+        f"{ranked} ({EVAL_DAYS} days earlier), and {ranked} has no release of "
+        f"cohort_recommendations. The next report with a ranking to evaluate is due on {due}; "
+        f"release {ranked} to have one for {release_date}."
+    )
+
+
 # -- per-user metrics (private) ------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from datetime import date, timedelta
 import pandas as pd
 import yaml
 
+from cohort_pipeline.alerts import BUDGET_THRESHOLDS
 from cohort_pipeline.ingest import COLUMNS as EVENT_COLUMNS
 from cohort_pipeline.policy import ALL, Policy
 from cohort_pipeline.privacy.accounting import Charge, Spend, compose
@@ -79,8 +80,10 @@ def horizon_words(summary: dict) -> list[str]:
     ]
 
 
-def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
-    """The burn-down chart as PNG bytes (matplotlib, Agg backend: no display needed)."""
+def burn_down_figure(frame: pd.DataFrame, cap: BudgetCap):
+    """The burn-down chart (a matplotlib Figure, Agg backend: no display needed): spent and
+    remaining epsilon per day, and the 80% / 95% alert thresholds drawn where the spent line
+    crosses them (a share of the cap spent)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,13 +93,13 @@ def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
     ax = fig.add_subplot()
     ax.plot(frame["day"], frame["epsilon_remaining"], marker=".", label="epsilon remaining")
     ax.plot(frame["day"], frame["epsilon_spent"], marker=".", label="epsilon spent")
-    for share, style in ((0.8, ":"), (0.95, "--")):
+    for share, style in zip(sorted(BUDGET_THRESHOLDS.values()), (":", "--"), strict=True):
         ax.axhline(
-            cap.epsilon_cap * (1 - share),
+            cap.epsilon_cap * share,
             color="tab:red",
             linestyle=style,
             linewidth=0.8,
-            label=f"{share:.0%} used",
+            label=f"{share:.0%} of the cap spent ({cap.epsilon_cap * share:g})",
         )
     ax.set_ylim(0, cap.epsilon_cap * 1.05)
     ax.set_ylabel("epsilon")
@@ -108,8 +111,13 @@ def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
     ax.legend(fontsize=7, loc="center left")
     fig.autofmt_xdate()
     fig.tight_layout()
+    return fig
+
+
+def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
+    """The burn-down chart as PNG bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    burn_down_figure(frame, cap).savefig(buffer, format="png")
     return buffer.getvalue()
 
 

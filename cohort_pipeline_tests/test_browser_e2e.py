@@ -1,13 +1,18 @@
-"""End to end in a real browser: `dagster dev` on a free port with a temporary DAGSTER_HOME
-and data folder, driven through the UI by headless Debian Chromium (never a downloaded
-browser). A release launched from the lineage page succeeds with both blocking checks
-passed; under a policy whose cap one release cannot fit, the same launch is blocked by
-`budget_within_limit`. Screenshots go to test-artifacts/browser/.
+"""End to end in a real browser: `dagster dev` on a free port of 127.0.0.1 with a temporary
+DAGSTER_HOME and data folder, driven through the UI by headless Debian Chromium (never a
+downloaded browser). A release launched from the lineage page succeeds with both blocking
+checks passed; under a policy whose cap one release cannot fit, the same launch is blocked by
+`budget_within_limit`. A reviewer's path after two releases of the `daily_release` job reads
+a per-cohort table cell, the budget left, the schedule's state, the job's runs, the freshness
+and a release table's columns, each checked against the warehouse, the ledger or the
+definitions. Screenshots go to test-artifacts/browser/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -19,11 +24,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import duckdb
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from cohort_pipeline.alerts import WEBHOOK_ENV
+from cohort_pipeline.calendar import first_release_date
+from cohort_pipeline.display import round_half_width, round_to_accuracy
+from cohort_pipeline.policy import load_policy
 from cohort_pipeline_tests.conftest import RELEASE_DATE, REPO, make_data_dir, write_policy
 
 pytestmark = pytest.mark.browser
@@ -39,7 +48,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-LOCATION = "cohort_pipeline.definitions"
+LOCATION = "cohort_pipeline"  # workspace.yaml's location_name
 K = 50  # a small sample (2k users) keeps cohorts above k with a lowered k
 
 
@@ -49,15 +58,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def dagster_env(tmp_path: Path, data: Path) -> dict:
+    """What `make run` sets: DAGSTER_HOME with the instance settings, the data folder, and
+    partitions from the data's first release-able date."""
+    home = tmp_path / "dagster_home"
+    if not home.exists():
+        home.mkdir()
+        shutil.copy(REPO / "dagster_instance.yaml", home / "dagster.yaml")
+    start = first_release_date(data, load_policy(data / "policy.yaml"))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "COHORT_PIPELINE_DATA_DIR": str(data),
+        "COHORT_PIPELINE_PARTITIONS_START": start.isoformat(),
+    }
+    env.pop(WEBHOOK_ENV, None)
+    return env
+
+
 @contextlib.contextmanager
 def dagster_dev(tmp_path: Path, data: Path):
     """`dagster dev` in its own process group; yields the UI's URL, then stops the whole
     group (webserver, daemon, code servers, runs) and waits for it."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "COHORT_PIPELINE_DATA_DIR": str(data)}
-    env.pop(WEBHOOK_ENV, None)
+    env = dagster_env(tmp_path, data)
     port = _free_port()
     dagster = Path(sys.executable).with_name("dagster")
     log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 - closed in finally
@@ -137,7 +160,6 @@ def check_status(page, url: str, asset: str, check: str) -> str:
 def test_release_from_the_ui_then_blocked_by_budget(tmp_path):
     data = make_data_dir(tmp_path / "data", users=2_000, **{"cohorts.min_size": K})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = lambda page, name: page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)  # noqa: E731
     with dagster_dev(tmp_path, data) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -183,4 +205,109 @@ def test_release_from_the_ui_then_blocked_by_budget(tmp_path):
         expect(page.get_by_text("privacy_budget_ledger: budget_within_limit").first).to_be_visible()
         assert check_status(page, url, "privacy_budget_ledger", "budget_within_limit") == "Failed"
         shot(page, "5-budget_within_limit-failed")
+        browser.close()
+
+
+def release_with_the_job(tmp_path: Path, data: Path, day: str) -> None:
+    """`make release`'s command: a run of the daily_release job, filed under the location's
+    job page."""
+    tags = {"dagster/partition": day, ".dagster/repository": f"__repository__@{LOCATION}"}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m",
+         "cohort_pipeline.definitions", "-j", "daily_release", "--tags", json.dumps(tags)],
+        cwd=REPO, env=dagster_env(tmp_path, data), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page once its queries have settled (the UI polls, so the
+    wait is bounded; the assertions before it already hold)."""
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_load_state("networkidle", timeout=5_000)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def _rows(page) -> list[list[str]]:
+    """Every table row on the page, as its cells' text."""
+    return page.locator("tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText.trim()))"
+    )
+
+
+def test_a_reviewer_reads_the_release_the_budget_and_the_automation(tmp_path):
+    data = make_data_dir(tmp_path / "data", users=2_000, **{"cohorts.min_size": K})
+    previous = (dt.date.fromisoformat(RELEASE_DATE) - dt.timedelta(days=1)).isoformat()
+    # The latest date, then a backfill of the day before: the budget view must show the
+    # ledger's figure, not the window ending on whichever date ran last.
+    release_with_the_job(tmp_path, data, RELEASE_DATE)
+    release_with_the_job(tmp_path, data, previous)
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        sizes = con.execute(
+            "SELECT cohort_key, members, noisy_users, accuracy_95 FROM release.cohort_sizes "
+            "WHERE release_date = ? ORDER BY cohort_key",
+            [RELEASE_DATE],
+        ).fetchall()
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("cohort-pipeline")), "--data-dir", str(data),
+         "ledger", "show", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    ledger = json.loads(shown.stdout)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with dagster_dev(tmp_path, data) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)
+
+        # Catalog -> cohort_sizes -> the release date: the per-cohort table keeps each cohort
+        # key (which holds `|`) in its own cell, the size rounded to its accuracy.
+        page.goto(f"{url}/assets/cohort_sizes?view=partitions&partition={RELEASE_DATE}")
+        expect(page.get_by_text("Show schema").first).to_be_visible()
+        key, members, noisy, accuracy = sizes[0]
+        expected = [
+            key,
+            members,
+            f"{round_to_accuracy(noisy, accuracy):g}",
+            f"{round_half_width(accuracy):g}",
+        ]
+        cells = [r for r in _rows(page) if len(r) == 4 and r[0] == key]
+        assert expected in cells, cells
+        assert len({tuple(r) for r in _rows(page) if len(r) == 4}) >= len(sizes)
+        shot(page, "6-catalog-cohort_sizes-table")
+
+        # The asset's overview: freshness of the daily release and the described columns,
+        # there before any materialization too (definition-time metadata).
+        page.goto(f"{url}/assets/cohort_sizes")
+        freshness = page.get_by_text("Freshness policy", exact=True)
+        expect(freshness).to_be_visible()
+        expect(page.get_by_text("Passing", exact=True).first).to_be_visible()
+        expect(page.get_by_text("DP count of users in the cohort (Laplace noise).")).to_be_visible()
+        expect(page.get_by_text("warehouse.release.cohort_sizes").first).to_be_visible()
+        shot(page, "7-catalog-cohort_sizes-columns-freshness")
+
+        # The budget now, after the backfill: the ledger's own figure.
+        page.goto(f"{url}/assets/privacy_budget_status")
+        left = f"epsilon {ledger['epsilon_remaining']:.4f} left of"
+        expect(page.get_by_text(left)).to_be_visible()
+        expect(page.get_by_text(f"containing {ledger['as_of']})")).to_be_visible()
+        shot(page, "8-catalog-privacy_budget_status")
+
+        # Automation: the schedule and the automation-condition sensor are running.
+        page.goto(f"{url}/automation")
+        for name in ("daily_release_schedule", "default_automation_condition_sensor"):
+            link = page.get_by_role("link", name=re.compile(rf"\b{name}\b"))
+            # its row: a selection box first, the running toggle last
+            row = link.locator("xpath=ancestor::*[.//input[@type='checkbox']][1]")
+            expect(row.get_by_role("checkbox").last).to_be_checked()
+        shot(page, "9-automation")
+
+        # Jobs -> daily_release: both releases are its runs.
+        page.goto(f"{url}/locations/{LOCATION}/jobs/daily_release/runs")
+        for day in (RELEASE_DATE, previous):
+            expect(page.get_by_text(f"partition: {day}").first).to_be_visible()
+        expect(page.get_by_text("Success", exact=True)).to_have_count(2)
+        shot(page, "10-jobs-daily_release-runs")
         browser.close()

@@ -29,6 +29,8 @@ from cohort_pipeline.experiments import (
     bootstrap_ci,
     evaluated_users,
     mean_weight_change,
+    next_experiment_date,
+    no_experiment_reason,
     ranking_date,
     readability,
     readout_layout,
@@ -364,3 +366,13 @@ def test_report_refuses_without_a_reservation(small_dir):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "no reservation" in str(failure.event_specific_data.error.message)
+
+
+def test_no_experiment_reason_says_why_and_when():
+    day = date(2026, 11, 28)
+    # No release 7 days earlier: the first report is due 7 days after this one.
+    text = no_experiment_reason(day, [date(2026, 11, 26), date(2026, 11, 27)])
+    assert "evaluates the ranking released on 2026-11-21" in text
+    assert "due on 2026-12-03" in text  # 2026-11-26 + 7
+    assert no_experiment_reason(day, []).count("due on 2026-12-05") == 1  # its own ranking
+    assert next_experiment_date(day, [date(2026, 11, 21)]) == day

@@ -9,6 +9,7 @@ a breach.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 from types import SimpleNamespace
@@ -26,10 +27,11 @@ from dagster import (
 
 from cohort_pipeline import reports
 from cohort_pipeline.alerts import PSI_BREACH, read_alerts
+from cohort_pipeline.assets.tables import TABLES
 from cohort_pipeline.cli import main
 from cohort_pipeline.definitions import defs
 from cohort_pipeline.policy import load_policy, parse_policy
-from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.privacy.ledger import BudgetCap, Ledger
 from cohort_pipeline.privacy.release import (
     budget_cap,
     exact_cohort_counts,
@@ -333,3 +335,99 @@ def test_a_backfill_shows_the_enforced_figure_as_ledger_show_does(tmp_path, caps
         if e.asset_check_key.name == "budget_within_limit"
     ]
     assert check.metadata["epsilon_spent"].value == pytest.approx(two_releases)
+
+
+def test_burn_down_thresholds_sit_on_the_spent_scale():
+    cap = BudgetCap(epsilon_cap=8.0, window_days=3, delta=1e-6, composition="basic")
+    rows = pd.DataFrame(
+        {
+            "release_date": pd.to_datetime(["2026-11-27", "2026-11-28"]),
+            "mechanism": ["laplace", "laplace"],
+            "epsilon": [1.0, 1.0],
+            "delta": [0.0, 0.0],
+            "rho": [0.5, 0.5],
+            "sensitivity": [1.0, 1.0],
+            "noise_scale": [1.0, 1.0],
+        }
+    )
+    burn = reports.burn_down(rows, cap, "2026-11-28")
+    assert list(burn["epsilon_spent"]) == [0.0, 1.0, 2.0]
+    ax = reports.burn_down_figure(burn, cap).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # Alerts fire when 80% / 95% of the cap is spent: the lines sit at 6.4 and 7.6 on the
+    # axis the spent line is drawn on, not at what would remain (1.6, 0.4).
+    thresholds = sorted(
+        line.get_ydata()[0] for label, line in lines.items() if "of the cap spent" in label
+    )
+    assert thresholds == pytest.approx([6.4, 7.6])
+    assert list(lines["epsilon spent"].get_ydata()) == [0.0, 1.0, 2.0]
+    assert list(lines["epsilon remaining"].get_ydata()) == [8.0, 7.0, 6.0]
+
+
+def test_budget_status_shows_the_ledgers_current_figures(releases, capsys):
+    events = releases.second.get_asset_materialization_events()
+    status = next(e for e in events if e.asset_key == AssetKey("privacy_budget_status"))
+    meta = {k: v.value for k, v in status.materialization.metadata.items()}
+    assert main(["--data-dir", str(releases.data), "ledger", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert meta["epsilon_remaining"] == pytest.approx(shown["epsilon_remaining"])
+    assert meta["epsilon_spent"] == pytest.approx(shown["epsilon_spent"])
+    assert f"{shown['epsilon_remaining']:.4f} left" in meta["budget_left"]
+    assert meta["epsilon_cap"] == "8"  # a constant: text, never a plotted number
+    releases_table = meta["releases"]
+    assert sorted(r.data["release_date"] for r in releases_table.records) == sorted(
+        [PREVIOUS_DATE, RELEASE_DATE]
+    )
+
+
+def test_budget_status_refreshes_after_every_ledger_change(small_dir):
+    instance = DagsterInstance.ephemeral()
+    tick_time = dt.datetime.combine(
+        dt.date.fromisoformat(RELEASE_DATE) + dt.timedelta(days=1), dt.time(4), dt.UTC
+    )
+    status = AssetKey("privacy_budget_status")
+    cursor = evaluate_automation_conditions(defs, instance, None, tick_time).cursor
+
+    def tick():
+        nonlocal cursor
+        result = evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=tick_time, cursor=cursor
+        )
+        cursor = result.cursor
+        return result.get_num_requested(status) == 1
+
+    assert run_release(small_dir, instance=instance, selection=RESERVATION).success
+    assert tick(), "a new reservation makes the budget view stale"
+    assert run_release(small_dir, None, instance=instance, selection=[status.path[0]]).success
+    assert not tick(), "refreshed: nothing new in the ledger"
+    assert run_release(small_dir, PREVIOUS_DATE, instance=instance, selection=RESERVATION).success
+    assert tick(), "a backfilled date changes the budget too"
+
+
+def test_release_tables_are_described_as_written(releases):
+    # assets/tables.py describes every release table's columns for the UI: a column added,
+    # renamed or dropped in a release table must be described there too.
+    with duckdb.connect(str(releases.data / "warehouse.duckdb"), read_only=True) as con:
+        written = {
+            f"release.{name}": [c[0] for c in con.execute(f"DESCRIBE release.{name}").fetchall()]
+            for (name,) in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'release'"
+            ).fetchall()
+        }
+    assert set(written) - {"release.experiment_results"} <= set(TABLES)
+    for table, columns in written.items():
+        assert columns == list(TABLES[table]), table
+    events = releases.second.get_asset_materialization_events()
+    similarity = next(e for e in events if e.asset_key == AssetKey("cohort_similarity"))
+    meta = similarity.materialization.metadata
+    assert meta["dagster/table_name"].value == "warehouse.release.cohort_similarity"
+    assert meta["dagster/row_count"].value == len(
+        release_rows_of(releases.data, "cohort_similarity")
+    )
+
+
+def release_rows_of(data, table: str) -> pd.DataFrame:
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(
+            f"SELECT * FROM release.{table} WHERE release_date = ?", [RELEASE_DATE]
+        ).df()

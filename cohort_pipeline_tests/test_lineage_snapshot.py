@@ -36,6 +36,7 @@ def lineage() -> dict:
             "code_version": spec.code_version,
             "automation_condition": condition.get_label() or condition.name if condition else None,
             "partitioned": spec.partitions_def is not None,
+            "freshness_policy": repr(spec.freshness_policy) if spec.freshness_policy else None,
             "checks": {
                 key.name: {"blocking": graph.get_check_spec(key).blocking} for key in checks
             },

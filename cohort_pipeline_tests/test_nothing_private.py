@@ -134,7 +134,7 @@ def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
     data_dir = sample_dir  # the default sample: its exact counts are large and distinctive
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "dagster_instance.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "COHORT_PIPELINE_DATA_DIR": str(data_dir)}
     env.pop("COHORT_PIPELINE_POLICY", None)
     config = {"ops": {"privacy_risk_report": {"config": {"trials": RISK_TRIALS}}}}

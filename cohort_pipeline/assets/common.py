@@ -20,6 +20,7 @@ from dagster import (
     TableSchema,
 )
 
+from cohort_pipeline.assets.tables import preview_table
 from cohort_pipeline.engines import Progress
 from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.guard import Admission
@@ -114,7 +115,9 @@ def private_metadata(table: str, columns: pd.DataFrame | dict) -> dict:
 
 
 def table_preview(frame: pd.DataFrame, digits: int = 3) -> MetadataValue:
-    return MetadataValue.md(frame.round(digits).to_markdown(index=False))
+    """Released rows as a typed, sortable table: noisy values rounded to their 95%
+    half-width, other numbers to at least `digits` significant digits (see tables.py)."""
+    return preview_table(frame, significant=max(digits, 3))
 
 
 def progress_log(context, what: str, every_s: float = 5.0) -> Progress:

@@ -38,6 +38,7 @@ from cohort_pipeline.assets.metrics import (
 )
 from cohort_pipeline.assets.privacy import cohort_sizes, privacy_budget_ledger
 from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.assets.tables import constants_metadata
 from cohort_pipeline.experiments import HEADLINE, OVERALL
 from cohort_pipeline.privacy.release import budget_cap, budget_summary
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
@@ -290,11 +291,11 @@ def privacy_scorecard(
     for error in errors:
         context.log.error(error)
     drift_meta = {
+        "release_date": release_date,
         **drift,
         "level": level,
         "previous_release": previous or "none",
-        "warn": alerts.PSI_WARN,
-        "breach": alerts.PSI_BREACH,
+        **constants_metadata(warn=alerts.PSI_WARN, breach=alerts.PSI_BREACH),
     }
     return MaterializeResult(
         metadata={
@@ -321,9 +322,9 @@ def privacy_scorecard(
                 passed=near.empty,
                 severity=AssetCheckSeverity.WARN,
                 metadata={
+                    "release_date": release_date,
                     "cohorts_near_k": len(near),
-                    "k": policy.min_size,
-                    "margin": alerts.DENSITY_MARGIN,
+                    **constants_metadata(k=policy.min_size, margin=alerts.DENSITY_MARGIN),
                     "near": ", ".join(near["cohort_key"]) or "none",
                 },
             ),

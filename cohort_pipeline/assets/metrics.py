@@ -17,6 +17,7 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.privacy import cohort_sizes
+from cohort_pipeline.assets.tables import release_table_metadata
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
 from cohort_pipeline.resources import WarehouseResource, replace_partition
 
@@ -151,6 +152,7 @@ def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResour
     off = sim[sim["cohort_key"] != sim["other_cohort_key"]]["similarity"]
     return MaterializeResult(
         metadata={
+            **release_table_metadata("release.cohort_similarity", sim),
             "mean_similarity": float(off.mean()) if len(off) else 1.0,
             "min_similarity": float(off.min()) if len(off) else 1.0,
         }

@@ -25,6 +25,7 @@ from cohort_pipeline.assets.common import (
     write_release,
 )
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.assets.tables import constants_metadata
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import (
@@ -129,14 +130,21 @@ def privacy_budget_ledger(
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
     for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
         context.log.error(error)
+    constants = constants_metadata(
+        epsilon_per_release=policy.epsilon_per_release,
+        delta=policy.delta,
+        epsilon_cap=policy.epsilon_cap,
+        window_days=policy.window_days,
+        epsilon_horizon_cap=policy.epsilon_horizon_cap,
+        horizon_days=policy.horizon_days,
+        yearly_epsilon=round(summary["yearly_epsilon"], 4),
+    )
     check_meta = {
+        "release_date": release_date,
         "epsilon_spent": spent,
         "epsilon_remaining": remaining,
-        "epsilon_cap": policy.epsilon_cap,
-        "window_days": policy.window_days,
         "horizon_epsilon": summary["horizon_epsilon"],
-        "epsilon_horizon_cap": policy.epsilon_horizon_cap,
-        "horizon_days": policy.horizon_days,
+        **constants,
         "composition": policy.composition,
         "accountant": summary["accountant"],
         "reason": reason,
@@ -157,14 +165,10 @@ def privacy_budget_ledger(
     )
     return MaterializeResult(
         metadata={
-            "epsilon_per_release": policy.epsilon_per_release,
-            "delta": policy.delta,
+            **constants,
             "epsilon_spent_window": spent,
             "epsilon_remaining": remaining,
-            "epsilon_cap": policy.epsilon_cap,
             "horizon_epsilon": summary["horizon_epsilon"],
-            "epsilon_horizon_cap": policy.epsilon_horizon_cap,
-            "yearly_epsilon": summary["yearly_epsilon"],
             "accountant": summary["accountant"],
             "policy_hash": policy.hash,
             "reserved": passed,
@@ -182,7 +186,16 @@ def privacy_budget_ledger(
             ),
             *[
                 AssetCheckResult(
-                    check_name=name, passed=ok, severity=AssetCheckSeverity.WARN, metadata=meta
+                    check_name=name,
+                    passed=ok,
+                    severity=AssetCheckSeverity.WARN,
+                    metadata={
+                        "release_date": release_date,
+                        **meta,
+                        **constants_metadata(
+                            threshold=meta["threshold"], epsilon_cap=meta["epsilon_cap"]
+                        ),
+                    },
                 )
                 for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)
             ],

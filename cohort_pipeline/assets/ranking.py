@@ -26,6 +26,7 @@ from cohort_pipeline.assets.common import (
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.metrics import cohort_category_affinity
 from cohort_pipeline.assets.privacy import cohort_sizes
+from cohort_pipeline.assets.tables import constants_metadata, release_table_metadata
 from cohort_pipeline.privacy.release import release_item_popularity
 from cohort_pipeline.ranking import (
     max_weight_change,
@@ -79,16 +80,15 @@ def ranking_weights(
     change_ok = change <= policy.max_change + 1e-9
     floor_ok = floor >= policy.fairness_floor - 1e-9
     # Checked values are stored before their checks run: store only weights that pass.
+    stored = {}
     if change_ok and floor_ok:
+        released = weights.assign(policy_hash=policy.hash)
         with warehouse.connect() as con:
-            replace_partition(
-                con,
-                "release.ranking_weights",
-                release_date,
-                weights.assign(policy_hash=policy.hash),
-            )
+            replace_partition(con, "release.ranking_weights", release_date, released)
+        stored = release_table_metadata("release.ranking_weights", released)
     return MaterializeResult(
         metadata={
+            **stored,
             "max_weight_change": change,
             "min_weight": floor,
             "previous_release": str(previous["release_date"].iloc[0])
@@ -102,13 +102,21 @@ def ranking_weights(
                 check_name=CHANGE_CHECK,
                 passed=change_ok,
                 severity=AssetCheckSeverity.ERROR,
-                metadata={"max_weight_change": change, "limit": policy.max_change},
+                metadata={
+                    "release_date": release_date,
+                    "max_weight_change": change,
+                    **constants_metadata(limit=policy.max_change),
+                },
             ),
             AssetCheckResult(
                 check_name=FLOOR_CHECK,
                 passed=floor_ok,
                 severity=AssetCheckSeverity.ERROR,
-                metadata={"min_weight": floor, "floor": policy.fairness_floor},
+                metadata={
+                    "release_date": release_date,
+                    "min_weight": floor,
+                    **constants_metadata(floor=policy.fairness_floor),
+                },
             ),
         ],
     )
