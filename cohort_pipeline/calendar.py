@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from cohort_pipeline.ingest import InputError, event_files
-from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.policy import Policy
 
 
 def event_dates(data: Path | str) -> list[date]:
