@@ -3,11 +3,18 @@
 from datetime import date
 
 import pandas as pd
-from dagster import MaterializeResult, MetadataValue
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    MaterializeResult,
+    MetadataValue,
+)
 
 from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args, write_release
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.ranking import cohort_recommendations
+from cohort_pipeline.assets.tables import release_table_metadata
 from cohort_pipeline.experiments import (
     EVAL_DAYS,
     HEADLINE,
@@ -15,7 +22,9 @@ from cohort_pipeline.experiments import (
     UPLIFT_ARM,
     experiment_results,
     mean_weight_change,
+    no_experiment_reason,
     ranking_date,
+    readability,
     relevant_items,
     report_markdown,
     stability_rows,
@@ -24,6 +33,7 @@ from cohort_pipeline.privacy.release import mechanisms
 from cohort_pipeline.resources import WarehouseResource
 
 TABLE = "release.experiment_results"
+READABLE_CHECK = "experiment_readable"
 
 
 def _at(warehouse, table, day, where="", params=()):
@@ -112,6 +122,30 @@ def _draw_report(step: Step) -> pd.DataFrame | None:
     return figures
 
 
+def _readable_check(step: Step, results: pd.DataFrame | None, reason: str) -> AssetCheckResult:
+    """WARN when there is nothing to read (no ranking release D - EVAL_DAYS: why, and when
+    one will exist) or when the readout's interval is wider than the effect it must detect
+    (how many users, or how much epsilon, would make it readable). Public inputs only."""
+    day = date.fromisoformat(step.release_date)
+    if results is None:
+        ranked = step.warehouse.read(
+            "SELECT DISTINCT release_date FROM release.cohort_recommendations"
+        )
+        dates = [] if ranked.empty else [d.date() for d in pd.to_datetime(ranked["release_date"])]
+        if ranking_date(day) not in dates:
+            reason = no_experiment_reason(day, dates)
+        passed, text = False, reason
+    else:
+        verdict = readability(results, step.policy)
+        passed, text = not verdict.inconclusive, verdict.message()
+    return AssetCheckResult(
+        check_name=READABLE_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"release_date": step.release_date, "reason": MetadataValue.text(text)},
+    )
+
+
 def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> MaterializeResult:
     mech = mechanisms(step.policy)["experiment_report"]
     ranked = ranking_date(date.fromisoformat(step.release_date)).isoformat()
@@ -124,7 +158,8 @@ def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> Ma
             "readout share stays unused)."
         )
         return MaterializeResult(
-            metadata={"status": MetadataValue.md(status), "ranking_release": ranked}
+            metadata={"status": MetadataValue.md(status), "ranking_release": ranked},
+            check_results=[_readable_check(step, None, reason)],
         )
     results = write_release(step.warehouse, TABLE, step.admission, results)
     noise = (
@@ -134,13 +169,15 @@ def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> Ma
     )
     return MaterializeResult(
         metadata={
+            **release_table_metadata(TABLE, results),
             "status": "released" if drawn else "returned the stored draw",
             "ranking_release": ranked,
             "evaluation_window": f"{ranked} (exclusive) .. {step.release_date}",
             "noise": noise,
             "noisy_evaluated_users": float(results["noisy_evaluated_users"].iloc[0]),
             "report": MetadataValue.md(report_markdown(results)),
-        }
+        },
+        check_results=[_readable_check(step, results, "")],
     )
 
 
@@ -151,6 +188,15 @@ experiment_report = dp_asset(
     publish=_publish_report,
     **asset_args(Group.EXPERIMENTS, Owner.RANKING, RELEASE, {"duckdb", "opendp"}),
     deps=[cohort_recommendations],
+    check_specs=[
+        AssetCheckSpec(
+            READABLE_CHECK,
+            asset="experiment_report",
+            description=f"WARN: there is a ranking release {EVAL_DAYS} days earlier to evaluate, and the "
+            "headline readout's 95% interval is narrower than the effect it has to detect (else: why, "
+            "and what would make it readable).",
+        )
+    ],
     description=f"The ranking released {EVAL_DAYS} days earlier, evaluated on users' events "
     "since then (temporal split): cohort arm vs popularity arm (DP popularity of the same "
     "release): HR@10, NDCG@10, Recall@20, catalog coverage, per-cohort NDCG@10 uplift, "

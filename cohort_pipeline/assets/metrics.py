@@ -17,7 +17,7 @@ from cohort_pipeline.assets.common import (
 )
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.privacy import cohort_sizes
-from cohort_pipeline.assets.tables import release_table_metadata
+from cohort_pipeline.assets.tables import noisy_metadata, release_table_metadata
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
 from cohort_pipeline.resources import WarehouseResource, replace_partition
 
@@ -49,10 +49,18 @@ def _draw_metrics(step: Step) -> pd.DataFrame:
 
 
 def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    write_release(step.warehouse, "release.cohort_metrics", step.admission, metrics)
-    meta = {"drawn_now": drawn, "noise_scale": float(metrics["noise_scale"].iloc[0])}
+    stored = write_release(step.warehouse, "release.cohort_metrics", step.admission, metrics)
+    meta = {
+        **release_table_metadata("release.cohort_metrics", stored),
+        "drawn_now": drawn,
+        "noise_scale": float(metrics["noise_scale"].iloc[0]),
+    }
     for row in metrics.itertuples():
-        meta[f"conversion_rate:{row.cohort_key}"] = float(row.conversion_rate)
+        meta |= noisy_metadata(
+            f"conversion_rate:{row.cohort_key}",
+            row.conversion_rate,
+            row.conversion_rate_accuracy_95,
+        )
     for col in ("mean_session_duration_s", "conversion_rate", "sessions_per_user"):
         meta[f"median_{col}_accuracy_95"] = float(metrics[f"{col}_accuracy_95"].median())
     cols = [
@@ -88,11 +96,14 @@ def _draw_affinity(step: Step) -> pd.DataFrame:
 
 
 def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    write_release(step.warehouse, "release.cohort_category_affinity", step.admission, affinity)
+    stored = write_release(
+        step.warehouse, "release.cohort_category_affinity", step.admission, affinity
+    )
     top = affinity.sort_values(["share", "cohort_key", "category"], ascending=False)
     top = top.groupby("cohort_key").head(3)
     return MaterializeResult(
         metadata={
+            **release_table_metadata("release.cohort_category_affinity", stored),
             "drawn_now": drawn,
             "noise_scale": float(affinity["noise_scale"].iloc[0]),
             "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),

@@ -25,7 +25,11 @@ from cohort_pipeline.assets.common import (
     write_release,
 )
 from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.assets.tables import constants_metadata
+from cohort_pipeline.assets.tables import (
+    constants_metadata,
+    noisy_metadata,
+    release_table_metadata,
+)
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import (
@@ -215,12 +219,16 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     smallest = float(sizes["noisy_users"].min())
     passed = smallest >= policy.min_size
     if passed:  # the checked table is stored before its check runs: store only what passes
-        write_release(step.warehouse, "release.cohort_sizes", step.admission, sizes)
+        stored = write_release(step.warehouse, "release.cohort_sizes", step.admission, sizes)
     check = AssetCheckResult(
         check_name=MIN_SIZE_CHECK,
         passed=passed,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
+        metadata={
+            "release_date": step.release_date,
+            "min_noisy_size": smallest,
+            **constants_metadata(min_size=policy.min_size),
+        },
     )
     if not passed:
         step.context.log.error(
@@ -233,6 +241,7 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     coarsened = int((sizes["members"].str.count(";") > 0).sum())
     return MaterializeResult(
         metadata={
+            **release_table_metadata("release.cohort_sizes", stored),
             "released_cohorts": len(sizes),
             "coarsened_cohorts": coarsened,
             "min_noisy_size": smallest,
@@ -241,8 +250,11 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
             "drawn_now": drawn,
             "reservation_id": step.admission.reservation_id,
             **{
-                f"noisy_users:{row.cohort_key}": float(row.noisy_users)
+                label: value
                 for row in sizes.itertuples()
+                for label, value in noisy_metadata(
+                    f"noisy_users:{row.cohort_key}", row.noisy_users, row.accuracy_95
+                ).items()
             },
             "cohort_sizes": table_preview(
                 sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1

@@ -142,6 +142,7 @@ def _publish_recommendations(step: Step, popularity: pd.DataFrame, drawn: bool):
     recs[["cohort_key", "rank", "item_id", "category", "score"]].to_csv(path, index=False)
     return MaterializeResult(
         metadata={
+            **release_table_metadata("release.cohort_recommendations", recs),
             "drawn_now": drawn,
             "export": MetadataValue.path(str(path)),
             "cohorts": int(recs["cohort_key"].nunique()),

@@ -68,13 +68,16 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "accuracy_95": ("float", "95% half-width of the noisy value beside it (from the noise)."),
     "noise_scale": ("float", "Scale of the noise drawn (Laplace b or Gaussian sigma)."),
     "policy_hash": ("string", "Hash of the policy the release was made under."),
-    "data_version": ("string", "Keyed HMAC of the window's input rows (reveals nothing)."),
+    "reservation_id": (
+        "string",
+        "The random id of the ledger reservation this release was drawn under.",
+    ),
     "ledger_seq": ("int", "The privacy ledger reservation that paid for this release."),
 }
 for _metric in ("mean_session_duration_s", "conversion_rate", "sessions_per_user"):
     COLUMNS[f"{_metric}_accuracy_95"] = ("float", f"95% half-width of {_metric}.")
 
-STAMP = ("policy_hash", "data_version", "ledger_seq")  # write_release adds these
+STAMP = ("policy_hash", "reservation_id", "ledger_seq")  # write_release adds these
 
 # Each release table's columns, in the order they are stored.
 TABLES: dict[str, tuple[str, ...]] = {
