@@ -101,10 +101,15 @@ def test_cli_prints_table_and_json(capsys, tmp_path):
 
 def test_verdict_wants_honest_mechanisms_passed_and_broken_ones_caught():
     def result(name: str, eps_lb: float) -> calibration.CalibrationResult:
-        return calibration.CalibrationResult(name, "laplace", 1.0, 1.0, 10, 1.0, 0.0, eps_lb, 0.5, 0.0, 0.0)
+        return calibration.CalibrationResult(
+            name, "laplace", 1.0, 1.0, 10, 1.0, 0.0, eps_lb, 0.5, 0.0, 0.0
+        )
 
     honest_ok, honest_bad = result("cohort_sizes", 0.5), result("cohort_sizes", 1.5)
-    caught, missed = result(calibration.BROKEN + "cohort_sizes", 1.5), result(calibration.BROKEN + "x", 0.5)
+    caught, missed = (
+        result(calibration.BROKEN + "cohort_sizes", 1.5),
+        result(calibration.BROKEN + "x", 0.5),
+    )
     assert calibration.verdict([honest_ok, caught]) == []
     assert calibration.verdict([honest_bad, missed]) == [
         "cohort_sizes: lower bound above the claim",

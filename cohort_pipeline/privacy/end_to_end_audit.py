@@ -431,14 +431,14 @@ def audit_arm(
 def run_audit(
     policy: Policy,
     trials: dict[str, int],
-    users: int = 2_000,
+    population: Population,
     alpha: float = ALPHA,
     workers: int = 1,
 ) -> list[ArmResult]:
-    """Every arm of `mechanism_arms`, `trials[asset]` runs on each of D and D', the draws in
-    `workers` processes. `seconds` per arm is the CPU time of its draws and attack."""
-    population = base_population(policy, users)
-    arms = mechanism_arms(policy, population)
+    """Every arm of `mechanism_arms` whose asset is in `trials`, `trials[asset]` runs on each
+    of D and D', drawn in `workers` processes. An arm's `seconds` is the CPU time of its
+    draws and attack."""
+    arms = [arm for arm in mechanism_arms(policy, population) if arm.asset in trials]
     claimed = claims(policy)
     jobs = [(arm, world, trials[arm.asset]) for arm in arms for world in (0, 1)]
     if workers <= 1:
@@ -528,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(trials.values()) < 100:
         parser.error("every asset needs at least 100 trials")
     start = time.perf_counter()
-    results = run_audit(load_policy(args.policy), trials, args.users, args.alpha, args.workers)
+    policy = load_policy(args.policy)
+    population = base_population(policy, args.users)
+    results = run_audit(policy, trials, population, args.alpha, args.workers)
     payload = {
         "policy": args.policy,
         "alpha": args.alpha,
