@@ -38,7 +38,7 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
     assert {(r.asset, r.pair) for r in results} == {
         (asset, pair)
         for asset in e2e.AUDITED
-        for pair in ("add maximal user", "add user to emptiest cohort", "remove heaviest user")
+        for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
     }
     for r in results:
         assert r.passed, r

@@ -8,9 +8,10 @@ trust between the events and the noise:
    the canonical event schema give pairs (D, D') that differ by one user:
    - `add maximal user`: 10 x `bounds.max_sessions` sessions, durations beyond the clamp, a
      conversion, events on every category and on the top items;
-   - `add user to emptiest cohort`: a user alone in the base's least populated cohort, sitting
-     on the lower edge of its bands (one session fewer, or a purchase a day later, and they
-     would be in the neighbouring cohort);
+   - `add user to emptied cohort`: D holds no user of the base's least populated cohort
+     (they are left out); D' adds one, sitting on an edge of its bands (one session more or
+     fewer, or a purchase a day earlier or later, and they would be in the neighbouring
+     cohort);
    - `remove heaviest user`: D' is D without the base user with the most events.
 2. The real bounding SQL (the DuckDB engine over `privacy/bounding.py`) on D and on D', once
    each: it is deterministic.
@@ -195,16 +196,18 @@ class Neighbours:
 
 
 def neighbour_pairs(policy: Policy, population: Population) -> list[Neighbours]:
-    """The audited pairs (module docstring, step 1)."""
-    base = population.events
-    sizes = bounded(policy, population, base)["cohort_totals"].set_index("cohort_key")["users"]
-    sizes = sizes.reindex(policy.cohort_keys(), fill_value=0.0)
+    """The audited pairs (module docstring, step 1). D is the base window without the users
+    of its least populated cohort, so that the band-edge user is alone in that cohort."""
+    profiles = bounded(policy, population, population.events)["user_profiles"]
+    sizes = profiles["cohort_key"].value_counts().reindex(policy.cohort_keys(), fill_value=0)
     emptiest = min(policy.cohort_keys(), key=lambda k: (sizes[k], k))
+    emptied = profiles.loc[profiles["cohort_key"] == emptiest, "user_id"]
+    base = population.events[~population.events["user_id"].isin(emptied)]
     heaviest = base.groupby("user_id").size().sort_values(kind="stable").index[-1]
     edge = band_edge_user(policy, emptiest, population.catalog["item_id"].iloc[0])
     return [
         Neighbours("add maximal user", base, _union(base, maximal_user(policy, population))),
-        Neighbours("add user to emptiest cohort", base, _union(base, edge)),
+        Neighbours("add user to emptied cohort", base, _union(base, edge)),
         Neighbours("remove heaviest user", base, base[base["user_id"] != heaviest]),
     ]
 
