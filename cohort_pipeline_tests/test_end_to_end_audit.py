@@ -51,6 +51,15 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
             assert math.isclose(r.distance, mechs[r.asset].sensitivity, rel_tol=1e-9), r
 
 
+def test_the_band_edge_user_is_alone_in_their_cohort_and_on_its_edges(population):
+    arms = {(a.asset, a.name): a for a in e2e.mechanism_arms(POL, population)}
+    sizes = arms["cohort_sizes", "add user to emptied cohort"]
+    assert [list(x) for x in sizes.exact] == [[0.0], [1.0]]  # one full key, empty in D
+    # One session fewer or more moves them to a neighbouring engagement band.
+    user = e2e.band_edge_user(POL, "mid|none|mobile", "i00001")
+    assert user["session_id"].nunique() == POL.engagement_edges[0]
+
+
 def test_an_unclamped_max_sessions_is_caught(population, monkeypatch):
     """The bug the noise-calibration check passes: its mechanisms are right, the vector they
     get is not. The maximal user's sessions then move the metrics ~10x their sensitivity."""

@@ -174,13 +174,13 @@ def band_edge_user(policy: Policy, cohort_key: str, item: str) -> pd.DataFrame:
     e = policy.engagement_labels.index(engagement)
     n_sessions = policy.engagement_edges[e - 1] if e else policy.engagement_edges[0] - 1
     r = policy.recency_labels.index(recency)  # the last label: no purchase before the outcome
-    days_since = policy.recency_edges[r - 1] if r else policy.recency_edges[0] - 1
     device_type = policy.device_groups[device][0]
     sessions = [
         (first + timedelta(days=i % policy.lookback_days), device_type, 60.0, [("view", item)])
         for i in range(max(n_sessions, 1))
     ]
     if r < len(policy.recency_labels) - 1:
+        days_since = policy.recency_edges[r - 1] if r else policy.recency_edges[0] - 1
         purchase_day = outcome_start - timedelta(days=days_since)
         sessions[0] = (purchase_day, device_type, 60.0, [("purchase", item)])
     return user_events("audit-band-edge", sessions)
