@@ -76,6 +76,7 @@ AUDITED = (
     "cohort_category_affinity",
     "cohort_recommendations",
 )  # ledger asset names; cohort_recommendations is the item popularity release
+PAIRS = ("add maximal user", "add user to emptied cohort", "remove heaviest user")
 
 
 # -- neighbouring event windows ------------------------------------------------------------
@@ -205,10 +206,11 @@ def neighbour_pairs(policy: Policy, population: Population) -> list[Neighbours]:
     base = population.events[~population.events["user_id"].isin(emptied)]
     heaviest = base.groupby("user_id").size().sort_values(kind="stable").index[-1]
     edge = band_edge_user(policy, emptiest, population.catalog["item_id"].iloc[0])
+    maximal, emptied_cohort, remove = PAIRS
     return [
-        Neighbours("add maximal user", base, _union(base, maximal_user(policy, population))),
-        Neighbours("add user to emptied cohort", base, _union(base, edge)),
-        Neighbours("remove heaviest user", base, base[base["user_id"] != heaviest]),
+        Neighbours(maximal, base, _union(base, maximal_user(policy, population))),
+        Neighbours(emptied_cohort, base, _union(base, edge)),
+        Neighbours(remove, base, base[base["user_id"] != heaviest]),
     ]
 
 
@@ -437,11 +439,16 @@ def run_audit(
     population: Population,
     alpha: float = ALPHA,
     workers: int = 1,
+    pair: str | None = None,
 ) -> list[ArmResult]:
-    """Every arm of `mechanism_arms` whose asset is in `trials`, `trials[asset]` runs on each
-    of D and D', drawn in `workers` processes. An arm's `seconds` is the CPU time of its
-    draws and attack."""
-    arms = [arm for arm in mechanism_arms(policy, population) if arm.asset in trials]
+    """Every arm of `mechanism_arms` whose asset is in `trials` (and, given `pair`, of that
+    neighbouring pair only), `trials[asset]` runs on each of D and D', drawn in `workers`
+    processes. An arm's `seconds` is the CPU time of its draws and attack."""
+    arms = [
+        arm
+        for arm in mechanism_arms(policy, population)
+        if arm.asset in trials and pair in (None, arm.name)
+    ]
     claimed = claims(policy)
     jobs = [(arm, world, trials[arm.asset]) for arm in arms for world in (0, 1)]
     if workers <= 1:
@@ -518,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the policy whose releases are audited",
     )
     parser.add_argument("--users", type=int, default=2_000, help="base population size")
+    parser.add_argument("--pair", choices=PAIRS, help="audit this neighbouring pair only")
     parser.add_argument("--alpha", type=float, default=ALPHA, help="1 - confidence")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", dest="json_path", help="also write the JSON to this file")
@@ -533,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     policy = load_policy(args.policy)
     population = base_population(policy, args.users)
-    results = run_audit(policy, trials, population, args.alpha, args.workers)
+    results = run_audit(policy, trials, population, args.alpha, args.workers, args.pair)
     payload = {
         "policy": args.policy,
         "alpha": args.alpha,
