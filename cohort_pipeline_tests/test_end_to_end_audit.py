@@ -76,6 +76,7 @@ def test_an_unclamped_max_sessions_is_caught(population, monkeypatch):
     caught = [r for r in results if not r.passed]
     assert [r.pair for r in caught] == ["add maximal user"], results
     assert caught[0].epsilon_lower_bound > caught[0].claimed_epsilon
+    assert caught[0].rho_lower_bound > caught[0].claimed_rho
     assert caught[0].distance > 5 * release.METRICS_SENSITIVITY
 
 
