@@ -28,7 +28,7 @@ trust between the events and the noise:
    Gaussian noise), pick a threshold on half the runs and bound (epsilon, rho) from below on
    the other half with Clopper-Pearson (`calibration.lower_bounds`). The attack reads the
    mechanism's output, of which every released value (coarsened sizes, means, shares) is
-   post-processing, so its bound is at least that of any attack on the release tables.
+   post-processing: the release tables tell an attacker nothing more than it does.
 6. The claim: what `release.planned_measurements(policy)` reserves in the ledger for the
    asset (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
    dp-accounting's PLD accountant, which is tighter for Gaussian noise.
