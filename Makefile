@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA := $(or $(COHORT_PIPELINE_DATA_DIR),data)
 PORT ?= 3000
+# The UI has no login (Dagster OSS): it listens on this machine only unless HOST says otherwise.
+HOST ?= 127.0.0.1
 export DAGSTER_HOME := $(abspath $(DATA))/dagster_home
 
 .PHONY: install data release run test lint format clean
@@ -16,8 +18,10 @@ $(BIN)/.installed: setup.py
 
 install: $(BIN)/.installed
 
-# Sample data: 20k users x 30 days ending yesterday (UTC), deterministic for the seed.
+# Sample data: 20k users x 30 days ending yesterday (UTC), deterministic for the seed. The
+# folder will hold raw events, the warehouse and opt-outs: only its owner may enter it.
 $(DATA)/events: | install
+	mkdir -p $(DATA) && chmod 700 $(DATA)
 	$(BIN)/cohort-pipeline --data-dir $(DATA) generate --users 20000 --days 30 --seed 7
 
 data: $(DATA)/events
@@ -38,7 +42,7 @@ release: data $(DATA)/policy.yaml $(DAGSTER_HOME)/dagster.yaml
 	  --partition $$($(BIN)/cohort-pipeline --data-dir $(DATA) latest-date)
 
 run: release
-	$(BIN)/dagster dev -w workspace.yaml -h 0.0.0.0 -p $(PORT)
+	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 test: install
 	$(BIN)/ruff format --check cohort_pipeline cohort_pipeline_tests benchmarks

@@ -12,7 +12,6 @@ setup(
         "dagster-webserver==1.13.27",
         "pandas>=3.0,<3.2",
         "opendp==0.16.0",
-        # PLD accounting (Google): the end-to-end audit's per-measurement epsilon.
         "dp-accounting==0.6.0",
         "duckdb==2.0.1",
         "pyarrow>=20",

@@ -162,7 +162,7 @@ def _bounding_sql_s(con, policy, day: dt.date, data: Path) -> float:
     from cohort_pipeline.engines import DuckDBEngine
 
     con.execute(
-        "CREATE TEMP VIEW events AS SELECT * EXCLUDE (release_date, data_version) FROM "
+        "CREATE TEMP VIEW events AS SELECT * EXCLUDE (release_date) FROM "
         f"private.raw_events WHERE release_date = DATE '{RELEASE_DATE}'"
     )
     con.execute(

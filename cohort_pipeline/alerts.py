@@ -26,7 +26,8 @@ import pandas as pd
 WEBHOOK_ENV = "COHORT_PIPELINE_ALERT_WEBHOOK"
 ALERTS_FILE = "alerts.jsonl"
 
-# Shares of the window cap at which the budget WARN checks fail and an alert fires.
+# Shares of the window cap at which the budget WARN checks fail and an alert fires, measured on
+# the enforced figure: the worst cap window containing the release date (Ledger.summary).
 BUDGET_THRESHOLDS = {"budget_below_80_percent": 0.80, "budget_below_95_percent": 0.95}
 # Population stability index: < 0.1 stable, 0.1-0.25 worth a look, >= 0.25 a real shift.
 PSI_WARN, PSI_BREACH = 0.10, 0.25
@@ -56,8 +57,8 @@ class Alert:
 
 
 def budget_checks(epsilon_spent: float, epsilon_cap: float) -> list[tuple[str, bool, dict]]:
-    """(check name, passed, metadata) per budget threshold: passes while the window's spend
-    stays below that share of the cap."""
+    """(check name, passed, metadata) per budget threshold: passes while the enforced spend
+    (worst window containing the release) stays below that share of the cap."""
     used = epsilon_spent / epsilon_cap
     return [
         (
@@ -91,7 +92,7 @@ def budget_alerts(
                 release_date,
                 f"{share:.0%} of cap",
                 f"privacy budget {used:.0%} used: epsilon {epsilon_spent:.4g} of cap "
-                f"{epsilon_cap:g} in the window ending {release_date}",
+                f"{epsilon_cap:g} in the worst window containing {release_date}",
                 used,
                 share,
             )

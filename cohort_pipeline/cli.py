@@ -8,11 +8,48 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
 import sys
 from pathlib import Path
 
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import data_dir, policy_path
+
+
+class DataDirError(ValueError):
+    """A --data-dir that is not a data folder; the message names it and the likely fix."""
+
+
+def _is_data_dir(path: Path) -> bool:
+    return (path / "events").is_dir() or (path / "policy.yaml").is_file()
+
+
+def existing_data_dir(path: Path | str) -> Path:
+    """`path` if it is a data folder (it holds events/ or policy.yaml), else DataDirError.
+
+    Every subcommand but `generate` and `import` (which create one) reads an existing data
+    folder: a mistyped one must be refused, not created, or an opt-out recorded there would
+    be read by no release."""
+    path = Path(path)
+    if _is_data_dir(path):
+        return path
+    state = "does not exist" if not path.exists() else "holds neither events/ nor policy.yaml"
+    parent = path.absolute().parent
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir() and _is_data_dir(p)]
+    except OSError:  # no parent, or not ours to list: no suggestion
+        siblings = []
+    close = difflib.get_close_matches(path.name, siblings, n=1)
+    hint = f"did you mean {parent / close[0]}? " if close else ""
+    raise DataDirError(
+        f"data folder {path} {state}; a data folder holds events/ and policy.yaml (from "
+        f"`cohort-pipeline generate`, `cohort-pipeline import` or `make data`). {hint}Check "
+        "--data-dir or COHORT_PIPELINE_DATA_DIR; nothing was read or written"
+    )
+
+
+CREATES_DATA_DIR = ("generate", "import")
 
 
 def _ledger_and_cap(args):
@@ -50,16 +87,28 @@ def cmd_latest_date(args) -> int:
 
 
 def cmd_ledger_show(args) -> int:
-    ledger, cap = _ledger_and_cap(args)
-    summary = ledger.summary(cap, as_of=args.as_of)
+    from cohort_pipeline.policy import load_policy
+    from cohort_pipeline.privacy.release import budget_summary
+
+    ledger, _ = _ledger_and_cap(args)
+    s = budget_summary(ledger, load_policy(args.policy), as_of=args.as_of)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(s, indent=2, default=str))
         return 0
-    print(
-        f"composition {summary['composition']} at delta={summary['delta']}: "
-        f"epsilon spent {summary['epsilon_spent']:.4f} of cap {summary['epsilon_cap']} over "
-        f"{summary['window_days']} days ending {summary['as_of']} (remaining {summary['epsilon_remaining']:.4f})"
+    delta = (
+        f"delta {s['delta_spent']:.3g} of cap {s['delta_cap']:g}, "
+        if s["composition"] == "basic"
+        else ""
     )
+    print(
+        f"composition {s['composition']} ({s['accountant']}), epsilon at delta={s['delta']:g}\n"
+        f"worst {s['window_days']}-day window containing {s['as_of']}: epsilon spent "
+        f"{s['epsilon_spent']:.4f} of cap {s['epsilon_cap']:g}, {delta}remaining {s['epsilon_remaining']:.4f}\n"
+        f"someone active every day of the {s['horizon_days']} days around {s['as_of']}: epsilon "
+        f"{s['horizon_epsilon']:.4f} of cap {s['epsilon_horizon_cap']:g} (remaining {s['horizon_remaining']:.4f})\n"
+        f"someone active every day for a year: ε = {s['yearly_epsilon']:.4g} at δ = {s['yearly_delta']:.3g}"
+        " (if this policy releases daily)"
+    )  # fmt: skip
     rows = ledger.rows()
     if rows.empty:
         print("(ledger is empty)")
@@ -193,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.policy = args.policy or str(policy_path(args.data_dir))
     try:
+        if args.command not in CREATES_DATA_DIR:
+            existing_data_dir(args.data_dir)
+        if warning := too_open(args.data_dir):
+            print(f"cohort-pipeline: warning: {warning}", file=sys.stderr)
         return args.func(args)
     except Exception as exc:  # one clear line, not a traceback, for operators
         print(f"cohort-pipeline {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -27,16 +27,17 @@ over users (`bootstrap_ci`) are for the non-private analysis in tests and benchm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
-from cohort_pipeline.policy import Policy
+from cohort_pipeline.policy import MAX_EPSILON_PER_RELEASE, Policy
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.privacy.release import (
     EXPERIMENT_SENSITIVITY,
+    mechanisms,
     plan_map,
     release_cohort_affinity,
     release_cohort_sizes,
@@ -52,6 +53,16 @@ REFERENCE_ARM = "cohort_no_noise"  # tests and benchmarks only: never released
 UPLIFT_ARM = "cohort_vs_popularity"
 OVERALL = "*"  # cohort_key of figures over all evaluated users
 _Z95 = 1.959963984540054
+# The range of each released figure (post-processing clamps estimates and intervals to it):
+# per-user metrics are in [0, 1], so are their means; a difference of means is in [-1, 1];
+# a relative uplift (cohort / popularity - 1) is at least -1.
+MEAN_RANGE, DIFFERENCE_RANGE, UPLIFT_RANGE = (0.0, 1.0), (-1.0, 1.0), (-1.0, math.inf)
+# The effect a readout has to detect is the difference of mean NDCG@10 it reports (cohort
+# minus popularity), and at least 0.01 (about a 5-10% relative uplift at the NDCG@10 of
+# 0.1-0.2 usual for top-10 lists). A readout whose 95% half-width on that difference exceeds
+# the effect is inconclusive: it cannot tell the reported uplift from none, nor rule out one
+# of 0.01.
+MIN_EFFECT = 0.01
 
 
 def ranking_date(release_date: date) -> date:
@@ -204,18 +215,22 @@ def readouts_from_sums(noisy: dict, cohort_keys, noise_std: float) -> pd.DataFra
     var = noise_std**2
     rows = []
 
-    def add(arm, metric, key, value, half, scale=1.0):
-        lo, hi = (value - half) / scale, (value + half) / scale
-        rows.append((arm, metric, key, value / scale, lo, hi))
+    def add(arm, metric, key, value, half, scale, bounds):
+        # Clamped to the quantity's range (a mean of values in [0, 1] is in [0, 1]): on
+        # small data the noise alone leaves it, e.g. NDCG@10 = -3 from 21 noisy users.
+        value, lo, hi = np.clip([value / scale, (value - half) / scale, (value + half) / scale],
+                                *bounds)  # fmt: skip
+        rows.append((arm, metric, key, float(value), float(lo), float(hi)))
 
     for m in METRICS:
         cohort = noisy[(OVERALL, f"cohort_{m}")]
         diff = noisy[(OVERALL, f"diff_{m}")]
         pop = cohort - diff  # noise variance 2 var: two independent coordinates
-        add("cohort", m, OVERALL, cohort, _Z95 * math.sqrt(var + max(cohort, 0.0)), n)
-        add("popularity", m, OVERALL, pop, _Z95 * math.sqrt(2 * var + max(pop, 0.0)), n)
+        add("cohort", m, OVERALL, cohort, _Z95 * math.sqrt(var + max(cohort, 0.0)), n, MEAN_RANGE)
+        add("popularity", m, OVERALL, pop, _Z95 * math.sqrt(2 * var + max(pop, 0.0)), n,
+            MEAN_RANGE)  # fmt: skip
         diff_half = _Z95 * math.sqrt(var + max(cohort + pop, 0.0))
-        add(UPLIFT_ARM, f"{m}_difference", OVERALL, diff, diff_half, n)
+        add(UPLIFT_ARM, f"{m}_difference", OVERALL, diff, diff_half, n, DIFFERENCE_RANGE)
         _add_relative(rows, m, OVERALL, diff, diff_half, pop, noise_std)
     for key in cohort_keys:
         cohort = noisy[(key, f"cohort_{HEADLINE}")]
@@ -230,13 +245,98 @@ def _add_relative(rows, metric, key, diff, half, pop, noise_std):
     # Relative uplift (cohort / popularity - 1); its interval is the difference's interval
     # over the popularity sum. Below two noise SDs that sum is no denominator: no value.
     if pop > 2 * noise_std * math.sqrt(2):
-        rows.append((UPLIFT_ARM, f"{metric}_uplift", key, diff / pop, (diff - half) / pop,
-                     (diff + half) / pop))  # fmt: skip
+        value, lo, hi = np.clip([diff / pop, (diff - half) / pop, (diff + half) / pop],
+                                *UPLIFT_RANGE)  # fmt: skip
+        rows.append((UPLIFT_ARM, f"{metric}_uplift", key, float(value), float(lo), float(hi)))
     else:
         rows.append((UPLIFT_ARM, f"{metric}_uplift", key, math.nan, math.nan, math.nan))
 
 
 # -- public figures (post-processing of releases) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Readability:
+    """Whether a released readout can tell `effect` from no effect, and what would let it.
+    Post-processing of released figures and the public policy only."""
+
+    inconclusive: bool
+    half_width: float  # 95% half-width of the headline difference of means, per user
+    effect: float  # the difference it has to detect: |reported difference|, >= min_effect
+    evaluated_users: float  # noisy
+    users_needed: float  # evaluated users that make half_width <= effect at this epsilon
+    # budget.epsilon_per_release (same split) that makes it at these users; inf when no
+    # epsilon the policy allows can (sampling error alone is wider than the effect).
+    epsilon_needed: float
+
+    def message(self) -> str:
+        verdict = "inconclusive" if self.inconclusive else "readable"
+        eps = (
+            f"or with budget.epsilon_per_release >= {self.epsilon_needed:.3g} at this many users"
+            if math.isfinite(self.epsilon_needed)
+            else "(no epsilon the policy allows does it at this many users: sampling error "
+            "alone is wider)"
+        )
+        return (
+            f"{verdict}: the 95% interval of the {HEADLINE} difference is +/- "
+            f"{self.half_width:.3g} for an effect of {self.effect:g}, from ~"
+            f"{self.evaluated_users:.0f} evaluated users (a noisy count); readable from ~"
+            f"{math.ceil(self.users_needed):,} evaluated users at this budget {eps}"
+        )
+
+
+def readability(
+    results: pd.DataFrame, policy: Policy, min_effect: float = MIN_EFFECT
+) -> Readability:
+    """Readability of one release's experiment figures (release.experiment_results rows of a
+    date: arm, metric, cohort_key, value, noisy_evaluated_users, noise_std). The effect is
+    the reported NDCG@10 difference of means, or `min_effect` if that is smaller.
+
+    The half-width is the one readouts_from_sums gives the headline difference, as a
+    function of the evaluated users n and the noise std sigma: z sqrt(sigma^2 + n s) / n,
+    where s is the sum of both arms' mean NDCG@10 (its sampling-variance bound). Solving
+    half-width = effect for n gives the users needed; for sigma, the largest noise allowed,
+    whose epsilon is found on the policy's own calibration (mechanisms)."""
+
+    def overall(arm: str, metric: str, bounds: tuple[float, float]) -> float:
+        hit = results[(results.arm == arm) & (results.metric == metric)
+                      & (results.cohort_key == OVERALL)]  # fmt: skip
+        return float(np.clip(hit["value"].iloc[0], *bounds))
+
+    n = max(float(results["noisy_evaluated_users"].iloc[0]), 1.0)
+    sigma = float(results["noise_std"].iloc[0])
+    s = overall("cohort", HEADLINE, MEAN_RANGE) + overall("popularity", HEADLINE, MEAN_RANGE)
+    difference = overall(UPLIFT_ARM, f"{HEADLINE}_difference", DIFFERENCE_RANGE)
+    effect = max(abs(difference), min_effect)
+    half = _Z95 * math.sqrt(sigma**2 + n * s) / n
+    z2 = _Z95**2
+    users = (z2 * s + math.sqrt(z2 * z2 * s * s + 4 * effect**2 * z2 * sigma**2)) / (2 * effect**2)
+    return Readability(
+        half > effect,
+        half,
+        effect,
+        n,
+        users,
+        _epsilon_for_std(policy, (effect * n) ** 2 / z2 - n * s),
+    )
+
+
+def _epsilon_for_std(policy: Policy, max_variance: float) -> float:
+    """The smallest epsilon_per_release whose experiment_report noise has variance at most
+    `max_variance` (inf if none up to MAX_EPSILON_PER_RELEASE); by bisection on the real calibration."""
+
+    def variance(epsilon: float) -> float:
+        return (
+            mechanisms(replace(policy, epsilon_per_release=epsilon))["experiment_report"].std ** 2
+        )
+
+    if max_variance <= 0 or variance(MAX_EPSILON_PER_RELEASE) > max_variance:
+        return math.inf
+    lo, hi = 0.0, MAX_EPSILON_PER_RELEASE
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if variance(mid) <= max_variance else (mid, hi)
+    return hi
 
 
 def catalog_coverage(lists: pd.DataFrame, catalog_size: int, k: int = 10) -> float:

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cohort_pipeline.private_files import private_dir, private_umask
+
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
 VIEW, CLICK, ADD_TO_CART, PURCHASE = range(4)
@@ -111,7 +113,7 @@ def generate(
     if end_date is None:
         end_date = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     data_dir = Path(data_dir)
-    events_dir = data_dir / "events"
+    events_dir = private_dir(data_dir) / "events"
     events_dir.mkdir(parents=True, exist_ok=True)
     # Clean re-generation: no file of an earlier run may survive next to the new ones.
     for stale in [*events_dir.glob("events-*.parquet"), *events_dir.glob(".events-*.tmp")]:
@@ -120,7 +122,7 @@ def generate(
     cat = _Catalog(seed, items, categories)
     _write_atomic(data_dir / "catalog.csv", cat.csv())
     try:  # never overwrite: engineers add opt-outs by hand
-        with open(data_dir / "opt_outs.csv", "x") as f:
+        with private_umask(), open(data_dir / "opt_outs.csv", "x") as f:
             f.write("user_id\n")
     except FileExistsError:
         pass

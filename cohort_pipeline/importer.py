@@ -24,6 +24,7 @@ import duckdb
 
 from cohort_pipeline.ingest import COLUMNS
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES
+from cohort_pipeline.private_files import private_dir
 
 REQUIRED = ("user_id", "item_id", "event_time")
 OPTIONAL = ("event_type", "session_id", "device_type", "session_duration_s", "revenue", "rating")
@@ -227,6 +228,7 @@ def import_interactions(
                 f"{existing[0]} exists ({len(existing)} target file(s) in all); pass --overwrite "
                 "to replace them or import into an empty data folder"
             )
+        private_dir(data_dir)
         events_dir.mkdir(parents=True, exist_ok=True)
         cols = ", ".join(COLUMNS)
         for day, path in zip(days, targets, strict=True):

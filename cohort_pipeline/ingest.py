@@ -14,8 +14,6 @@ read as UTC (the canonical schema's zone).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -24,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES
+from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy
 
 COLUMNS = {
     "user_id": "VARCHAR",
@@ -42,11 +40,22 @@ EVENT_KEY = ("user_id", "event_time", "session_id", "event_type", "item_id")
 SUFFIXES = (".parquet", ".csv")
 # Sessions longer than a day are instrumentation errors, not behaviour.
 MAX_SESSION_S = 86_400.0
-# Earlier times are default values (epoch 0, 1900-01-01), not events; years-old logs are fine.
+# Earlier times are default values (epoch 0, 1900-01-01), not events, unless the policy's
+# partitions reach further back (earliest_event).
 EARLIEST_EVENT = date(2000, 1, 1)
 # Clock skew allowed for events stamped slightly ahead of the pipeline's clock.
 FUTURE_SLACK = timedelta(days=1)
 OUTCOMES = ("accepted", "quarantined", "opted_out", "out_of_window")
+
+
+def earliest_event(policy: Policy) -> date:
+    """The earliest plausible event date: the first day of the first release's window
+    (release.partitions_start - lookback_days + 1), or EARLIEST_EVENT if that is earlier.
+    Older logs (e.g. from 1997) are accepted once release.partitions_start covers them;
+    default values such as epoch 0 stay quarantined; rows older than every release window
+    but after EARLIEST_EVENT are out of window, not quarantined again in every release."""
+    first_window = policy.partitions_start - timedelta(days=policy.lookback_days - 1)
+    return min(first_window, EARLIEST_EVENT)
 
 
 class InputError(ValueError):
@@ -55,8 +64,13 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    data_version: str
     report: pd.DataFrame  # per file: rows_read, accepted, quarantined, opted_out, out_of_window
+
+    @property
+    def window_quarantined(self) -> bool:
+        """Rows were read for the window and every one was quarantined: an input problem
+        (e.g. logs older than the earliest plausible date), not an empty window."""
+        return int(self.report["accepted"].sum()) == 0 and int(self.report["quarantined"].sum()) > 0
 
 
 def event_files(events_dir: Path) -> list[Path]:
@@ -143,15 +157,15 @@ def _missing(name: str) -> str:
     return f"{name} IS NULL AND nullif(trim({name}_raw), '') IS NULL"
 
 
-def _time_reason(now: pd.Timestamp) -> str:
+def _time_reason(now: pd.Timestamp, earliest: date) -> str:
     """Why a row's event_time places it in no window at all (NULL if it is usable)."""
     latest = f"TIMESTAMPTZ '{(now + FUTURE_SLACK).isoformat()}'"
     return f"""CASE
         WHEN {_missing("event_time")} THEN 'missing event_time'
         WHEN event_time IS NULL THEN 'event_time is not a timestamp'
         WHEN event_time > {latest} THEN 'event_time in the future'
-        WHEN event_time < TIMESTAMPTZ '{EARLIEST_EVENT} 00:00:00+00'
-            THEN 'event_time before {EARLIEST_EVENT}'
+        WHEN event_time < TIMESTAMPTZ '{earliest} 00:00:00+00'
+            THEN 'event_time before {earliest}'
     END"""
 
 
@@ -178,13 +192,15 @@ def _row_reason() -> str:
 RAW_KEPT = [c for c, t in COLUMNS.items() if t != "VARCHAR"]
 
 
-def _checked(con, path: Path, file_no: int, catalog: str, opt_outs: str, first, last, now) -> str:
+def _checked(
+    con, path: Path, file_no: int, catalog: str, opt_outs: str, first, last, now, earliest
+) -> str:
     """SELECT of one file's rows with their outcome before deduplication and (if bad) reason."""
     start = f"TIMESTAMPTZ '{first} 00:00:00+00'"
     end = f"TIMESTAMPTZ '{last + timedelta(days=1)} 00:00:00+00'"
     return f"""
         WITH checked AS (
-            SELECT s.*, {_time_reason(now)} AS time_reason, {_row_reason()} AS row_reason,
+            SELECT s.*, {_time_reason(now, earliest)} AS time_reason, {_row_reason()} AS row_reason,
                    coalesce(s.user_id IN (SELECT user_id FROM {opt_outs}), false) AS opted_out,
                    coalesce(s.event_time >= {start} AND s.event_time < {end}, false) AS in_window
             FROM ({_typed_select(con, path)}) s
@@ -202,11 +218,6 @@ def _checked(con, path: Path, file_no: int, catalog: str, opt_outs: str, first, 
     """
 
 
-def _content() -> str:
-    """Order-independent fingerprint of rows' typed values: it adds up over files."""
-    return f"sum(hash({', '.join(COLUMNS)})::HUGEINT)"
-
-
 def _as_read() -> str:
     """The columns of a quarantined row as read (text), from typed values and `<col>_raw`."""
     return ", ".join(
@@ -214,10 +225,12 @@ def _as_read() -> str:
     )
 
 
-def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, progress) -> None:
+def _read_files(
+    con, files: list[Path], catalog, opt_outs, first, last, now, earliest, progress
+) -> None:
     """One pass per file: accepted candidates (typed, plus raw text only where it differs from
     the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
-    into `window_rejected`, outcome counts and the accepted rows' content hash into
+    into `window_rejected`, and outcome counts into
     `file_outcomes`. Only one file's rows are held with all their columns at a time."""
     typed = ", ".join(f"{n} {t}" for n, t in COLUMNS.items())
     raw = ", ".join(f"{c}_raw VARCHAR" for c in RAW_KEPT)
@@ -231,8 +244,7 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, pro
         f" {as_text})"
     )
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE file_outcomes"
-        " (file_no INTEGER, outcome VARCHAR, n BIGINT, content HUGEINT)"
+        "CREATE OR REPLACE TEMP TABLE file_outcomes (file_no INTEGER, outcome VARCHAR, n BIGINT)"
     )
     # NULL where the typed value prints as the text read (always for typed Parquet columns).
     kept = ", ".join(
@@ -243,7 +255,7 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, pro
         try:
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE file_checked AS "
-                + _checked(con, path, file_no, catalog, opt_outs, first, last, now)
+                + _checked(con, path, file_no, catalog, opt_outs, first, last, now, earliest)
             )
         except duckdb.Error as exc:  # e.g. bad bytes past the sniffed sample
             raise InputError(f"{path}: {_problem(exc)}") from exc
@@ -258,10 +270,9 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, pro
             SELECT source_file, reason, {_as_read()} FROM file_checked
             WHERE outcome = 'quarantined'
         """)
-        con.execute(f"""
+        con.execute("""
             INSERT INTO file_outcomes
-            SELECT file_no, outcome, count(*), {_content()} FILTER (outcome = 'accepted')
-            FROM file_checked GROUP BY ALL
+            SELECT file_no, outcome, count(*) FROM file_checked GROUP BY ALL
         """)
         if progress:
             progress(file_no + 1, len(files))
@@ -270,7 +281,7 @@ def _read_files(con, files: list[Path], catalog, opt_outs, first, last, now, pro
 
 def _drop_duplicates(con) -> None:
     """Among accepted candidates, keep one copy per event key; the others are quarantined as
-    'duplicate event'. The order only breaks ties deterministically so the data version does
+    'duplicate event'. The order only breaks ties deterministically, so the kept copy does
     not depend on file layout. Keys that may repeat are found by grouping their hashes (far
     cheaper than grouping the five text columns of every row); only the rows of those keys are
     then compared on the key itself."""
@@ -309,17 +320,16 @@ def load_window(
     first: date,
     last: date,
     now: pd.Timestamp | None = None,
-    secret: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    earliest: date = EARLIEST_EVENT,
 ) -> IngestResult:
     """Create temp tables `window_events` (accepted rows in [first, last]) and
     `window_rejected` (quarantined rows, as read, with a reason) from every file in
     `events_dir`. Raises InputError, naming the file, for a file that cannot be used.
 
-    `catalog` and `opt_outs` name relations with item_id and user_id columns. The data
-    version is keyed with the warehouse's private `secret`: it is published (ledger, release
-    tables), and an unkeyed hash of the data would let anyone test guesses about it.
-    `progress(done, total)` is called after each file is validated.
+    `catalog` and `opt_outs` name relations with item_id and user_id columns.
+    `progress(done, total)` is called after each file is validated. Events before
+    `earliest` (earliest_event of the policy) are quarantined as implausibly old.
     """
     now = now or pd.Timestamp.now(tz="UTC")
     con.execute("SET TimeZone = 'UTC'")  # naive timestamps are UTC, whoever opened `con`
@@ -329,7 +339,7 @@ def load_window(
     con.executemany(
         "INSERT INTO files_read VALUES (?, ?)", [[n, str(p)] for n, p in enumerate(files)]
     )
-    _read_files(con, files, catalog, opt_outs, first, last, now, progress)
+    _read_files(con, files, catalog, opt_outs, first, last, now, earliest, progress)
     _drop_duplicates(con)
     counts = ", ".join(
         f"CAST(coalesce(sum(o.n) FILTER (o.outcome = '{o}'), 0) AS BIGINT) AS {o}" for o in OUTCOMES
@@ -346,16 +356,4 @@ def load_window(
         FROM by_file LEFT JOIN dups d USING (source_file)
         ORDER BY source_file
     """).df()
-    # Content fingerprint of exactly what the release uses (order-independent), plus the
-    # catalog: the same inputs give the same version however the files are laid out. Summed
-    # from the per-file pass minus the duplicates, so the window is not scanned again.
-    digest = con.execute(f"""
-        SELECT (SELECT coalesce(sum(n) FILTER (outcome = 'accepted'), 0) FROM file_outcomes)
-                   - (SELECT count(*) FROM duplicates),
-               (SELECT coalesce(sum(content), 0) FROM file_outcomes)
-                   - (SELECT coalesce({_content()}, 0) FROM duplicates),
-               (SELECT coalesce(sum(hash(item_id, category)::HUGEINT), 0) FROM {catalog})
-    """).fetchall()[0]
-    message = ":".join(map(str, digest)).encode()
-    version = hmac.new(secret, message, hashlib.sha256).hexdigest()[:16]
-    return IngestResult(data_version=version, report=report)
+    return IngestResult(report=report)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cohort_pipeline.private_files import private_dir, private_umask
+
 COLUMNS = ["user_id", "opted_out_at"]
 
 
@@ -37,13 +39,16 @@ def read(path: Path | str) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    private_dir(path.parent)
+    with private_umask():
+        lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - closed below
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
 def _write(path: Path, frame: pd.DataFrame) -> None:
+    # mkstemp creates the file 0600: the list holds user ids.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as handle:

@@ -31,6 +31,9 @@ MEASURED_ASSETS = (
 )
 ALL = "*"  # the label of a dimension dropped by coarsening
 MIN_SAFE_K = 10  # below this a "cohort" is close to an individual
+# Above this no cohort of any product is that large (a billion people): a typo, not a policy.
+MAX_K = 1_000_000_000
+MAX_EPSILON_PER_RELEASE = 10  # beyond this a release protects no one
 
 
 class PolicyError(ValueError):
@@ -69,6 +72,9 @@ class Policy:
     composition: str
     epsilon_cap: float
     window_days: int
+    horizon_days: int
+    epsilon_horizon_cap: float
+    delta_cap: float
     shrinkage: float
     max_change: float
     fairness_floor: float
@@ -167,6 +173,9 @@ _KNOWN = {
         "composition",
         "epsilon_cap",
         "window_days",
+        "horizon_days",
+        "epsilon_horizon_cap",
+        "delta_cap",
     },
     "ranking": {"shrinkage", "max_change", "fairness_floor", "top_n"},
 }
@@ -256,7 +265,7 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
             "policy key `cohorts.coarsening_order` must list engagement, recency and device"
             f" once each, got {order!r}"
         )
-    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, integer=True)
+    min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, hi=MAX_K, integer=True)
 
     dur = _get(raw, "bounds.session_duration_s")
     if not (
@@ -294,9 +303,15 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
         raise PolicyError(
             f"policy key `budget.composition` must be one of {COMPOSITIONS}, got {composition!r}"
         )
-    eps = _number(raw, "budget.epsilon_per_release", lo=0, lo_open=True, hi=10)
+    eps = _number(raw, "budget.epsilon_per_release", lo=0, lo_open=True, hi=MAX_EPSILON_PER_RELEASE)
     delta = _number(raw, "budget.delta", lo=0, lo_open=True, hi=1e-4)
     cap = _number(raw, "budget.epsilon_cap", lo=0, lo_open=True)
+    delta_cap = _number(raw, "budget.delta_cap", lo=0, lo_open=True, hi=1e-4)
+    if delta_cap < delta:
+        raise PolicyError(
+            f"policy key `budget.delta_cap` ({delta_cap:g}) must be at least `budget.delta`"
+            f" ({delta:g}): one release alone composes to delta"
+        )
 
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     return Policy(
@@ -324,6 +339,9 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
         composition=composition,
         epsilon_cap=cap,
         window_days=_number(raw, "budget.window_days", lo=1, integer=True),
+        horizon_days=_number(raw, "budget.horizon_days", lo=1, hi=3660, integer=True),
+        epsilon_horizon_cap=_number(raw, "budget.epsilon_horizon_cap", lo=0, lo_open=True),
+        delta_cap=delta_cap,
         shrinkage=_number(raw, "ranking.shrinkage", lo=0),
         max_change=_number(raw, "ranking.max_change", lo=0, lo_open=True, hi=1),
         fairness_floor=_number(raw, "ranking.fairness_floor", lo=0, hi=1),
@@ -352,14 +370,22 @@ def budget_problem(policy: Policy) -> str | None:
 
     Not a load-time error: the policy is valid, and the blocking check `budget_within_limit`
     reports this reason (nothing is spent), so the refusal is visible where budgets are
-    watched. One release composes to exactly `epsilon_per_release` under either composition.
-    """
-    if policy.epsilon_cap < policy.epsilon_per_release:
-        return (
-            f"budget.epsilon_cap ({policy.epsilon_cap:g}) is below one release's epsilon"
-            f" (budget.epsilon_per_release = {policy.epsilon_per_release:g}): no release can"
-            " ever be admitted; nothing was spent"
-        )
+    watched. One release alone is measured as the ledger composes it."""
+    from cohort_pipeline.privacy.release import release_spend  # release.py imports this module
+
+    epsilon, delta = release_spend(policy)
+    for key, cap, value, what in (
+        ("budget.epsilon_cap", policy.epsilon_cap, epsilon, "epsilon"),
+        ("budget.epsilon_horizon_cap", policy.epsilon_horizon_cap, epsilon, "epsilon"),
+        ("budget.delta_cap", policy.delta_cap, delta, "delta"),
+    ):
+        if cap < value * (1 - 1e-9):
+            return (
+                f"{key} ({cap:g}) is below one release's {what} ({value:.6g} under"
+                f" {policy.composition} composition of budget.epsilon_per_release ="
+                f" {policy.epsilon_per_release:g}): no release can ever be admitted;"
+                " nothing was spent"
+            )
     return None
 
 

@@ -21,9 +21,10 @@ import yaml
 
 from cohort_pipeline.ingest import COLUMNS as EVENT_COLUMNS
 from cohort_pipeline.policy import ALL, Policy
-from cohort_pipeline.privacy.accounting import Spend, compose
+from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
-from cohort_pipeline.privacy.ledger import BudgetCap
+from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
+from cohort_pipeline.privacy.release import yearly_spend
 
 
 def md_table(frame: pd.DataFrame, digits: int = 6) -> str:
@@ -37,31 +38,45 @@ def md_table(frame: pd.DataFrame, digits: int = 6) -> str:
 # -- budget -----------------------------------------------------------------------------------
 
 
+def charges(rows: pd.DataFrame) -> list[tuple[date, Charge]]:
+    """Ledger rows (ledger.rows()) as the accountant composes them."""
+    return [
+        (
+            pd.Timestamp(r.release_date).date(),
+            Charge.of(r.mechanism, Spend(r.epsilon, r.delta, r.rho), r.sensitivity, r.noise_scale),
+        )
+        for r in rows.itertuples()
+    ]
+
+
 def burn_down(rows: pd.DataFrame, cap: BudgetCap, as_of: date | str) -> pd.DataFrame:
-    """Per day of the cap window ending at `as_of`: the composed epsilon spent by the ledger
-    rows (ledger.rows()) released from the window's first day through that day, and what
-    remains of the cap."""
+    """Per day of the cap window ending at `as_of`: the enforced figures of that day over the
+    ledger rows (ledger.rows()), as Ledger.summary(cap, as_of=day) gives them: the worst cap
+    window and horizon span containing it, and what remains of each cap."""
     as_of = date.fromisoformat(str(as_of))
     days = [as_of - timedelta(days=cap.window_days - 1 - i) for i in range(cap.window_days)]
-    spends = (
-        []
-        if rows.empty
-        else [
-            (pd.Timestamp(r.release_date).date(), Spend(r.epsilon, r.delta, r.rho))
-            for r in rows.itertuples()
-        ]
-    )
-    spent = [
-        compose([s for d, s in spends if days[0] <= d <= day], cap.composition, cap.delta)[0]
-        for day in days
-    ]
+    composed = charges(rows)
+    figures = [Enforced.around(composed, cap, day) for day in days]
     return pd.DataFrame(
         {
             "day": days,
-            "epsilon_spent": spent,
-            "epsilon_remaining": [max(0.0, cap.epsilon_cap - e) for e in spent],
+            "epsilon_spent": [f.epsilon for f in figures],
+            "epsilon_remaining": [max(0.0, cap.epsilon_cap - f.epsilon) for f in figures],
+            "horizon_epsilon": [f.horizon_epsilon for f in figures],
         }
     )
+
+
+def horizon_words(summary: dict) -> list[str]:
+    """The per-user guarantee in plain words, from budget_summary()."""
+    return [
+        f"someone active every day for a year: ε = {summary['yearly_epsilon']:.4g} at"
+        f" δ = {summary['yearly_delta']:.3g} (if this policy releases daily;"
+        f" {summary['accountant']})",
+        f"someone active every day of the worst {summary['horizon_days']}-day horizon"
+        f" containing {summary['as_of']}, as recorded: ε = {summary['horizon_epsilon']:.4g} of"
+        f" cap {summary['epsilon_horizon_cap']:g} (remaining {summary['horizon_remaining']:.4g})",
+    ]
 
 
 def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
@@ -153,15 +168,9 @@ def audit_markdown(
     """The audit report of one release. `measurements` are the release's ledger rows,
     `summary` is Ledger.summary(cap, as_of=release_date), `provenance` one row per upstream
     materialization consumed; `chart_src` is the burn-down image's URL (file or data URI)."""
-    release_eps = (
-        compose(
-            [Spend(r.epsilon, r.delta, r.rho) for r in measurements.itertuples()],
-            policy.composition,
-            policy.delta,
-        )[0]
-        if not measurements.empty
-        else 0.0
-    )
+    release_eps = compose([c for _, c in charges(measurements)], policy.composition, policy.delta)[
+        0
+    ]
     cols = ["seq", "asset", "mechanism", "epsilon", "delta", "rho", "sensitivity", "noise_scale"]
     unread = columns.loc[~columns["read_by_measurements"], "column"].tolist()
     return "\n".join(
@@ -176,8 +185,10 @@ def audit_markdown(
             f"- privacy unit: one user, all events in the {policy.lookback_days} days ending on "
             "the release date",
             f"- epsilon per release {policy.epsilon_per_release:g} at delta {policy.delta:g}; cap "
-            f"{policy.epsilon_cap:g} over any {policy.window_days} days ({policy.composition} "
-            "composition); minimum cohort size k = " + str(policy.min_size),
+            f"{policy.epsilon_cap:g} over any {policy.window_days} days and "
+            f"{policy.epsilon_horizon_cap:g} for a user active every day of "
+            f"{policy.horizon_days} days ({policy.composition} composition, "
+            f"{summary['accountant']}); minimum cohort size k = {policy.min_size}",
             "",
             "<details><summary>policy file</summary>",
             "",
@@ -187,18 +198,34 @@ def audit_markdown(
             "</details>",
             "",
             "## Measurements",
-            "The ledger rows of this release (data version "
-            f"`{_first(measurements, 'data_version')}`, reserved by run "
-            f"`{_first(measurements, 'run_id')}`); together epsilon {release_eps:.6g} at delta "
+            f"The ledger rows of this release ({_first(measurements, 'kind')} reservation "
+            f"`{_first(measurements, 'reservation_id')}`, reserved by run "
+            f"`{_first(measurements, 'run_id')}`"
+            + (
+                f", redraw requested: {_first(measurements, 'reason')}"
+                if _first(measurements, "kind") == "redraw"
+                else ""
+            )
+            + f"); together epsilon {release_eps:.6g} at delta "
             f"{policy.delta:g}.",
             "",
             md_table(measurements[cols] if not measurements.empty else measurements),
             "",
             "## Budget",
-            f"- spent in the {summary['window_days']}-day window ending {summary['as_of']}: "
+            f"- spent in the worst {summary['window_days']}-day window containing "
+            f"{summary['as_of']} (the figure the cap bounds): "
             f"epsilon **{summary['epsilon_spent']:.6g}** of cap {summary['epsilon_cap']:g} "
             f"({summary['epsilon_spent'] / summary['epsilon_cap']:.1%}); remaining "
             f"**{summary['epsilon_remaining']:.6g}**",
+            *(f"- {line}" for line in horizon_words(summary)),
+            *(
+                [
+                    f"- summed delta of that window **{summary['delta_spent']:.3g}** of cap "
+                    f"{summary['delta_cap']:g} (basic composition adds deltas)"
+                ]
+                if summary["composition"] == "basic"
+                else []
+            ),
             f"- releases on record: {len(summary['releases'])}; ledger rows: {summary['rows']}; "
             f"hash chain verified: **{summary['verified']}**",
             "",
@@ -249,6 +276,14 @@ def _bands(edges, labels, unit: str) -> str:
 def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
     """The notice as (heading, paragraphs) from the policy: one source for Markdown and HTML."""
     factor = math.exp(policy.epsilon_per_release)
+    yearly_epsilon, yearly_delta = yearly_spend(policy)
+    basic_delta = (
+        f" Under the simple accounting used here the small failure probabilities (delta) add "
+        f"up too: their sum stays at or below {policy.delta_cap:g} in any {policy.window_days} "
+        f"days and for anyone over {policy.horizon_days} days."
+        if policy.composition == "basic"
+        else ""
+    )
     devices = "; ".join(f"{g}: {', '.join(m)}" for g, m in policy.device_groups.items())
     return [
         (
@@ -285,9 +320,15 @@ def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
                 "whether or not your data is included, the chance of any published result changes "
                 f"by at most a factor of about {factor:.2f}, so the results reveal very little "
                 "about you in particular.",
-                f"Across all releases in any {policy.window_days} days the total stays at or below "
-                f"epsilon = {policy.epsilon_cap:g}; a release that would exceed it is not made. "
-                "Every spend is recorded in a tamper-evident ledger.",
+                "Releases add up, and each day you are active counts in the releases of the "
+                f"{policy.lookback_days} days that follow. Someone active every day for a year: "
+                f"epsilon = {yearly_epsilon:.3g} (at delta = {yearly_delta:.3g}) if we release "
+                f"every day. For anyone active on any days of any {policy.horizon_days} days the "
+                f"total stays at or below epsilon = {policy.epsilon_horizon_cap:g}, and across "
+                f"all releases in any {policy.window_days} days at or below epsilon = "
+                f"{policy.epsilon_cap:g}; a release that would exceed either is not made."
+                + basic_delta
+                + " Every spend is recorded in a tamper-evident ledger.",
                 f"How much one person can count is limited: at most {policy.max_sessions} "
                 f"sessions, session length clipped to {policy.session_duration_s[0]:g}–"
                 f"{policy.session_duration_s[1]:g} seconds, and a fixed total weight over "
@@ -359,8 +400,11 @@ def notice_html(policy: Policy) -> str:
 # -- the scorecard ------------------------------------------------------------------------------
 
 
-def scorecard_markdown(release_date: str, privacy: dict, utility: dict) -> str:
-    """Privacy health beside utility, one row per figure, side by side."""
+def scorecard_markdown(
+    release_date: str, privacy: dict, utility: dict, words: list[str] | None = None
+) -> str:
+    """Privacy health beside utility, one row per figure, side by side; `words` (such as
+    horizon_words) are stated above the table."""
 
     def rows(figures: dict) -> list[str]:
         return [
@@ -371,4 +415,7 @@ def scorecard_markdown(release_date: str, privacy: dict, utility: dict) -> str:
     size = max(len(left), len(right))
     left, right = left + [""] * (size - len(left)), right + [""] * (size - len(right))
     table = pd.DataFrame({"privacy health": left, "utility": right})
-    return f"# Privacy scorecard: release {release_date}\n\n" + table.to_markdown(index=False)
+    said = "".join(f"- {line}\n" for line in words or [])
+    return f"# Privacy scorecard: release {release_date}\n\n{said}\n" + table.to_markdown(
+        index=False
+    )

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import duckdb
@@ -20,6 +19,7 @@ from dagster import ConfigurableResource
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy.duckdb_lock import connect_with_retry
 from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.private_files import private_dir, private_umask, restrict
 
 SCHEMAS = ("private", "release")
 
@@ -85,36 +85,27 @@ class WarehouseResource(ConfigurableResource):
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # Short-lived connections: DuckDB allows one writing process per file (design §5).
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = connect_with_retry(self.path, self.lock_timeout_s, "warehouse")
+        # Private: the file (and its WAL) 0600 in a 0700 folder, created so from the start.
+        private_dir(Path(self.path).parent)
+        new = not Path(self.path).exists()
+        with private_umask() if new else nullcontext():
+            con = connect_with_retry(self.path, self.lock_timeout_s, "warehouse")
         try:
+            restrict(self.path)
             con.execute("SET TimeZone = 'UTC'")
             if self.memory_limit:
                 con.execute(f"SET memory_limit = '{self.memory_limit}'")
             if self.temp_directory:
+                # Spilled pages are private rows; the default spill folder (<file>.tmp) is
+                # inside the private data folder already.
+                private_dir(self.temp_directory)
                 con.execute(f"SET temp_directory = '{self.temp_directory}'")
             for schema in SCHEMAS:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             yield con
         finally:
             con.close()
-
-    def secret(self, name: str) -> bytes:
-        """A random key kept in the private schema, created on first use (e.g. to key the
-        published data version so it cannot be used to test guesses about the data)."""
-        with self.connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS private.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)"
-            )
-            con.execute(
-                "INSERT INTO private.secrets VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [name, secrets.token_hex(32)],
-            )
-            return bytes.fromhex(
-                con.execute("SELECT value FROM private.secrets WHERE name = ?", [name]).fetchall()[
-                    0
-                ][0]
-            )
+            restrict(self.path, f"{self.path}.wal")
 
     def read(self, sql: str, params=None) -> pd.DataFrame:
         with self.connect() as con:
@@ -174,4 +165,7 @@ class LedgerResource(ConfigurableResource):
     lock_timeout_s: float = 120.0
 
     def ledger(self) -> Ledger:
+        # Public figures only, but kept 0600 in the private folder like the rest.
+        private_dir(Path(self.path).parent)
+        restrict(self.path)
         return Ledger(self.path, lock_timeout_s=self.lock_timeout_s)

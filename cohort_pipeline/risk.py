@@ -10,8 +10,8 @@ caps any attacker's advantage at (e^epsilon - 1 + 2 delta) / (e^epsilon + 1) (Ka
 - differencing: two consecutive daily releases, the target joins between them; the attacker
   subtracts the two noisy sizes of the target's cohort.
 - averaging: the same date materialized R times; the attacker averages the target cohort's
-  size. Consistent releases return the stored release on re-runs (assets/common.py:
-  stored_release), so R copies are one draw; the naive arm draws fresh noise every time.
+  size. A released date is final: re-runs return its stored draw (privacy/guard.py:
+  draw_once), so R copies are one draw; the naive arm draws fresh noise every time.
 - singling_out: the target is one of a handful of users in a rare full cohort. Without
   coarsening, a released row describes that handful; with coarsening (cohorts.min_size),
   no released row is that small. The attacker also infers the target's conversion from
@@ -21,8 +21,11 @@ caps any attacker's advantage at (e^epsilon - 1 + 2 delta) / (e^epsilon + 1) (Ka
   over the noisy per-cohort conversion sums recovers every user's conversion bit without
   noise, and what DP leaves of it with noise.
 
-Synthetic populations are drawn with numpy (seeded); no real user is ever read. Noise comes
-only from OpenDP through cohort_pipeline.privacy. Nothing here is a release path.
+Synthetic populations are drawn with numpy (seeded); no real user is ever read. A crowd
+is its per-key sums (`synthetic_totals`, the cohort_totals every release function reads),
+not one row per user, so a simulation's memory and time do not grow with k or the crowd's
+size; only the handful of users an attack reasons about one by one are rows of their own.
+Noise comes only from OpenDP through cohort_pipeline.privacy. Nothing here is a release path.
 """
 
 from __future__ import annotations
@@ -101,17 +104,41 @@ def _result(attack, arm, guesses1, guesses0, epsilon, delta, detail="", **extra)
     return AttackResult(attack, arm, adv, low, high, epsilon, bound, len(guesses1), detail, **extra)
 
 
+def synthetic_totals(
+    policy: Policy, users_per_key: int, rng: np.random.Generator, keys: list[str] | None = None
+) -> pd.DataFrame:
+    """The per-key sums of a synthetic crowd of `users_per_key` users in each of `keys`
+    (default: every public cohort key), shaped like `cohort_totals` (what user_profiles
+    stores). Every release function sums its input per key, so these rows give the release
+    exactly the input a crowd of per-user rows would, in O(|keys|) memory whatever k is."""
+    keys = keys or policy.cohort_keys()
+    lo, hi = policy.session_duration_s
+    users = np.full(len(keys), users_per_key)
+    return pd.DataFrame(
+        {
+            "user_id": [f"crowd:{key}" for key in keys],
+            "cohort_key": keys,
+            "users": users.astype(float),
+            # Sums of per-user values uniform over their bounded ranges.
+            "mean_duration_s": users * (lo + hi) / 2.0,
+            "converted": rng.binomial(users, 0.5).astype(float),
+            "sessions": users * (1 + policy.max_sessions) / 2.0,
+        }
+    )
+
+
 def synthetic_population(
     policy: Policy, users: int, rng: np.random.Generator, keys: list[str] | None = None
 ) -> pd.DataFrame:
-    """Synthetic per-user rows shaped like bounding.user_profiles_sql's output, spread over
-    `keys` (default: every public cohort key)."""
+    """A few synthetic per-user rows shaped like bounding.user_profiles_sql's output (users
+    = 1), spread over `keys`; for the handful of users an attack reasons about one by one."""
     keys = keys or policy.cohort_keys()
     lo, hi = policy.session_duration_s
     return pd.DataFrame(
         {
             "user_id": [f"synthetic-{i}" for i in range(users)],
             "cohort_key": rng.choice(keys, users),
+            "users": 1.0,
             "mean_duration_s": rng.uniform(lo, hi, users),
             "converted": rng.integers(0, 2, users),
             "sessions": rng.integers(1, policy.max_sessions + 1, users),
@@ -129,6 +156,7 @@ def _target(policy: Policy, key: str, converted: int = 1) -> pd.DataFrame:
         {
             "user_id": ["target"],
             "cohort_key": [key],
+            "users": [1.0],
             "mean_duration_s": [policy.session_duration_s[1]],
             "converted": [converted],
             "sessions": [policy.max_sessions],
@@ -136,19 +164,19 @@ def _target(policy: Policy, key: str, converted: int = 1) -> pd.DataFrame:
     )
 
 
-def _noisy_target_size(assignments: pd.DataFrame, policy: Policy, runs: int) -> np.ndarray:
+def _noisy_target_size(totals: pd.DataFrame, policy: Policy, runs: int) -> np.ndarray:
     """`runs` independent releases of the target cohort's size (the first public key), by
     the real cohort_sizes mechanism: one OpenDP call on the exact count repeated `runs`
     times. The attacker reads only this coordinate and the others' noise is independent of
     it, so drawing it alone is the same experiment; coarsening is post-processing (and the
     cohorts here are far above k)."""
-    exact = exact_cohort_counts(assignments.assign(users=1.0), policy).iloc[0]
+    exact = exact_cohort_counts(totals, policy).iloc[0]
     return mechanisms(policy)["cohort_sizes"](np.full(runs, exact))
 
 
 def _crowd(policy: Policy, rng: np.random.Generator) -> pd.DataFrame:
     # Every cohort well above k, so coarsening never interferes with the differencing.
-    return synthetic_population(policy, 3 * policy.min_size * len(policy.cohort_keys()), rng)
+    return synthetic_totals(policy, 3 * policy.min_size, rng)
 
 
 def differencing_attack(policy: Policy, trials: int, seed: int = 0) -> list[AttackResult]:
@@ -176,7 +204,7 @@ def averaging_attack(
     crowd = _crowd(policy, np.random.default_rng([seed, 2]))
     key = policy.cohort_keys()[0]
     worlds = {1: pd.concat([crowd, _target(policy, key)], ignore_index=True), 0: crowd}
-    exact = float((crowd["cohort_key"] == key).sum())  # the attacker's background knowledge
+    exact = float(crowd.loc[crowd["cohort_key"] == key, "users"].sum())  # background knowledge
     spend = mechanisms(policy)["cohort_sizes"].spend
     most = max(repeats)
     draws = {
@@ -212,7 +240,7 @@ def singling_out_attack(policy: Policy, trials: int, seed: int = 0) -> list[Atta
     rng = np.random.default_rng([seed, 3])
     keys = policy.cohort_keys()
     rare = keys[-1]
-    crowd = synthetic_population(policy, 2 * policy.min_size * (len(keys) - 1), rng, keys[:-1])
+    crowd = synthetic_totals(policy, 2 * policy.min_size, rng, keys[:-1])
     rare_others = synthetic_population(policy, 3, rng, [rare]).assign(
         user_id=lambda f: "rare-" + f["user_id"]
     )
@@ -225,12 +253,12 @@ def singling_out_attack(policy: Policy, trials: int, seed: int = 0) -> list[Atta
             data = pd.concat([crowd, rare_others, _target(policy, rare, world)], ignore_index=True)
             g = []
             for _ in range(trials):
-                plan = release_cohort_sizes(data.assign(users=1.0), pol)
+                plan = release_cohort_sizes(data, pol)
                 row = _row_of(plan, rare)
                 members = plan["members"].iloc[row].split(";")
-                exact_n = int(data["cohort_key"].isin(members).sum())
+                exact_n = int(data.loc[data["cohort_key"].isin(members), "users"].sum())
                 isolated.append(exact_n <= ISOLATING_ROW)
-                metrics = release_cohort_metrics(data.assign(users=1.0), plan, pol)
+                metrics = release_cohort_metrics(data, plan, pol)
                 # Undo the ratio: rate x noisy size ~ the noisy conversion sum (post-processing).
                 noisy_sum = metrics["conversion_rate"].iloc[row] * max(
                     plan["noisy_users"].iloc[row], 1.0

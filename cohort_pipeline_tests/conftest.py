@@ -46,6 +46,7 @@ def run_release(
     partition: str = RELEASE_DATE,
     instance: DagsterInstance | None = None,
     selection=None,
+    tags: dict[str, str] | None = None,
 ):
     """Materialize the release graph (or `selection`) for one date, in process."""
     return materialize(
@@ -55,6 +56,7 @@ def run_release(
         resources=resources_for(data_dir),
         instance=instance,
         raise_on_error=False,
+        tags=tags,
     )
 
 

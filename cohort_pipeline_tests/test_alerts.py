@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from cohort_pipeline import alerts
+from cohort_pipeline.policy import load_policy
+from cohort_pipeline.privacy.release import release_spend
 from cohort_pipeline_tests.conftest import check_results, run_release, write_policy
 
 
@@ -160,9 +162,10 @@ def test_alerts_are_recorded_posted_once_and_survive_a_failing_webhook(tmp_path,
 
 def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, monkeypatch):
     monkeypatch.setenv(alerts.WEBHOOK_ENV, webhook.url)
-    # One release spends epsilon 1 of a cap of 1.2: 83% used.
+    # One release (PLD epsilon 0.76 at epsilon_per_release 1) against a cap it fills to 85%.
     one = {"cohorts.min_size": 50, "budget.epsilon_per_release": 1.0}
-    write_policy(small_dir, **one, **{"budget.epsilon_cap": 1.2})
+    spent = release_spend(load_policy(write_policy(small_dir, **one)))[0]
+    write_policy(small_dir, **one, **{"budget.epsilon_cap": spent / 0.85})
     result = run_release(
         small_dir,
         selection=[

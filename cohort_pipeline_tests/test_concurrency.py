@@ -15,8 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from cohort_pipeline import reports
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.accounting import Spend, worst_window_spend
+from cohort_pipeline.privacy.accounting import worst_window_spend
 from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.release import planned_measurements
 from cohort_pipeline_tests import release_procs
@@ -68,7 +69,7 @@ def test_exactly_the_admissible_releases_spend(race):
     assert len(reserved) == 2  # the cap admits two of the three dates, whichever came first
     per_release = len(planned_measurements(policy))
     assert len(rows) == 2 * per_release  # the twin of an admitted date reused, never re-spent
-    spends = [(d.date(), m) for d, m in zip(rows["release_date"], _spends(rows), strict=True)]
+    spends = reports.charges(rows)
     for day, _ in spends:
         worst = worst_window_spend(
             spends, policy.window_days, policy.composition, policy.delta, day
@@ -142,7 +143,3 @@ def test_no_lock_error_reaches_the_user_while_another_process_holds_the_warehous
             assert "Could not set lock" not in text and "locked by another process" not in text
         if summary["checks"]["budget_within_limit"]:
             assert summary["failures"] == []
-
-
-def _spends(rows):
-    return [Spend(e, d, r) for e, d, r in zip(rows.epsilon, rows.delta, rows.rho, strict=True)]

@@ -1,14 +1,22 @@
-"""SIGKILL a release at many points; the ledger and the release tables stay consistent.
+"""SIGKILL a release between every pair of writes of every DP asset; no retry draws twice.
 
-One data folder, one release date, crashed again and again: each run is killed at the next
-point (see release_procs: before/after a DuckDB statement, after a noise draw), the way an
-unlucky operator would retry a flaky host. After every kill the ledger verifies, holds all
-of one reservation or none, and every released row's ledger_seq is a reservation row of the
-same date and asset; once reserved, the reservation never changes and what is released stays
-released. The last run completes without spending again.
+A full run is recorded first: its kill points are the points of the release protocol (the
+ledger's reservation and each DP asset from admission to its release tables) just before or
+after a write, and just after a noise draw (release_procs.kill_target). Then one data folder
+is released again and again, each run killed at the first such point not yet killed (a
+retry passes the points earlier runs died at), the way an unlucky operator would retry a
+flaky host, until a run completes. After every kill the ledger verifies and holds all of the
+date's reservation or none of it, never a second one; every released row is charged under
+the reservation it names; what is released stays as it was. Each child logs its draws and
+stored draws per (reservation, measurement): a measurement is drawn again only when the
+process that drew it died before storing it, never after a draw was stored.
 """
 
 from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from datetime import date, timedelta
 
 import duckdb
 
@@ -18,35 +26,40 @@ from cohort_pipeline.privacy.release import planned_measurements
 from cohort_pipeline_tests import release_procs
 from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir
 
-# Release tables written under a reservation; each is charged as the asset of the same name.
-CHARGED = ("cohort_sizes", "cohort_metrics", "cohort_category_affinity", "cohort_recommendations")
-# (label fragment, occurrence) where each successive run dies, in the order a release
-# reaches them; each point exists in the state the previous crash left.
-KILL_POINTS = [
-    ("before warehouse.duckdb: COMMIT", 1),  # ingest, mid-transaction
-    ("before ledger.duckdb: DELETE FROM ledger_head", 1),  # spend rows written, head not yet
-    ("before ledger.duckdb: COMMIT", 1),  # reservation written, not committed
-    ("after ledger.duckdb: COMMIT", 1),  # reserved, no noise yet
-    ("noise drawn: laplace", 1),  # noise drawn, nothing stored
-    ("after warehouse.duckdb: INSERT INTO release.cohort_sizes", 1),  # uncommitted release
-    ("after warehouse.duckdb: INSERT INTO release.cohort_metrics", 1),
-    ("noise drawn: gaussian", 2),  # some metrics released, others not
-    ("after warehouse.duckdb: INSERT INTO release.cohort_recommendations", 1),
+# Release tables written under a reservation, and the asset each is charged to.
+CHARGED = {
+    "cohort_sizes": "cohort_sizes",
+    "cohort_metrics": "cohort_metrics",
+    "cohort_category_affinity": "cohort_category_affinity",
+    "item_popularity": "cohort_recommendations",
+    "cohort_recommendations": "cohort_recommendations",
+    "experiment_results": "experiment_report",
+}
+ASSET_OF = {"item_popularity": "cohort_recommendations"}  # else a measurement is its asset
+ASSET_OF.update((a, a) for a in CHARGED.values() if a != "cohort_recommendations")
+UPSTREAM = "*cohort_assignments"  # ingest and cohorts: no noise, prepared once
+# The reservation and every DP asset, with the post-processing steps between them.
+PROTOCOL = [
+    "privacy_budget_ledger",
+    "cohort_sizes",
+    "cohort_metrics",
+    "cohort_category_affinity",
+    "cohort_similarity",
+    "ranking_weights",
+    "cohort_recommendations",
+    "experiment_report",
 ]
 
 
 def _released(data) -> dict[str, list[tuple]]:
-    path = data / "warehouse.duckdb"
-    if not path.exists():
-        return {}
-    con = duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     try:
         found = {}
         for table in CHARGED:
             try:
                 found[table] = con.execute(
-                    f"SELECT CAST(release_date AS VARCHAR), ledger_seq, * EXCLUDE (release_date,"
-                    f" ledger_seq) FROM release.{table} ORDER BY ALL"
+                    f"SELECT ledger_seq, reservation_id, * EXCLUDE (ledger_seq, reservation_id)"
+                    f" FROM release.{table} WHERE release_date = DATE '{RELEASE_DATE}' ORDER BY ALL"
                 ).fetchall()
             except duckdb.CatalogException:
                 found[table] = []
@@ -55,55 +68,116 @@ def _released(data) -> dict[str, list[tuple]]:
         con.close()
 
 
+def _date_rows(data):
+    rows = Ledger(data / "ledger.duckdb").rows()
+    return rows[rows["release_date"].dt.date == date.fromisoformat(RELEASE_DATE)]
+
+
 def _check_consistent(data, per_release: int) -> None:
-    ledger = Ledger(data / "ledger.duckdb")
-    assert ledger.verify() == []
-    rows = ledger.rows()
+    assert Ledger(data / "ledger.duckdb").verify() == []
+    rows = _date_rows(data)
     assert len(rows) in (0, per_release)  # all of a reservation or none of it, never twice
-    by_seq = {int(r.seq): (r.release_date.date().isoformat(), r.asset) for r in rows.itertuples()}
+    charged = {(int(r.seq), r.reservation_id): r.asset for r in rows.itertuples()}
     for table, released in _released(data).items():
-        for day, seq, *_ in released:  # every released value was charged first
-            assert by_seq.get(seq) == (day, table)
+        for seq, reservation_id, *_ in released:  # every released value was charged first
+            assert charged.get((seq, reservation_id)) == CHARGED[table], table
 
 
-def test_sigkill_at_every_point_leaves_a_consistent_ledger_and_a_rerun_completes(tmp_path):
+def _check_draws(log: str, killed_at: list[str]) -> dict[str, int]:
+    """Draws per (reservation, measurement) key. No draw follows a logged store of the same
+    key, and each key is drawn once plus once per kill that came after its draw and before
+    the draw's INSERT committed (that process stored nothing, so nothing read its draw)."""
+    stored: set[str] = set()
+    drawn: dict[str, int] = defaultdict(int)
+    for line in log.splitlines():
+        _, event, key = line.split(" ", 2)
+        assert key not in stored, f"{key} drawn again after it was stored"
+        if event == "drawn":
+            drawn[key] += 1
+        else:
+            stored.add(key)
+    for key, count in drawn.items():
+        region = f"{ASSET_OF[key.split()[1]]} | "
+        lost = [
+            point
+            for point in killed_at
+            if point.startswith(region)
+            and ("| noise drawn" in point or "private.draws_" in point)
+            and "INSERT INTO private.draws_" not in point
+        ]
+        assert count == 1 + len(lost), (key, count, lost)
+    return dict(drawn)
+
+
+def _run(data, out, **kwargs):
+    args = [str(data), RELEASE_DATE, str(out), None, 1, 0.0]
+    args += [kwargs.get("points_log"), kwargs.get("selection", PROTOCOL)]
+    args += [kwargs.get("visited"), kwargs.get("draws_log")]
+    run = release_procs.start(release_procs.run_release, *args)
+    run.join(300)
+    return run.exitcode
+
+
+def test_sigkill_between_every_write_of_every_dp_asset_never_draws_twice(tmp_path):
     data = make_data_dir(tmp_path / "data", users=1_000, **{"cohorts.min_size": 20})
     per_release = len(planned_measurements(load_policy(data / "policy.yaml")))
-    reserved, released = None, {}
-    for n, (kill_at, occurrence) in enumerate(KILL_POINTS):
-        run = release_procs.start(
-            release_procs.run_release,
-            str(data),
-            RELEASE_DATE,
-            str(tmp_path / f"run{n}.json"),
-            kill_at,
-            occurrence,
-        )
-        run.join(300)
-        assert run.exitcode == -9, f"run {n} did not die at {kill_at!r}"
+    # The ranking released a week earlier, so that experiment_report has something to draw.
+    week_before = (date.fromisoformat(RELEASE_DATE) - timedelta(days=7)).isoformat()
+    args = [str(data), week_before, str(tmp_path / "before.json")]
+    release_procs.start(release_procs.run_release, *args).join(300)
+    assert release_procs.read_output(tmp_path / "before.json")[0]["success"]
+    assert _run(data, tmp_path / "up.json", selection=UPSTREAM) == 0
+
+    # Record the kill points of a full run, on a copy of the prepared folder.
+    full = tmp_path / "full"
+    shutil.copytree(data, full)
+    assert _run(full, tmp_path / "full.json", points_log=str(tmp_path / "points")) == 0
+    recorded = (tmp_path / "points").read_text().splitlines()
+    seen: dict[str, int] = defaultdict(int)
+    targets = []
+    for label in recorded:  # as release_procs numbers them: label, then its occurrence
+        if release_procs.kill_target(label):
+            seen[label] += 1
+            targets.append(f"{label} #{seen[label]}")
+    regions = {t.split(" | ")[0] for t in targets}
+    assert regions == {"privacy_budget_ledger", *set(CHARGED.values())}
+
+    visited, draws = tmp_path / "visited", tmp_path / "draws"
+    reserved, released, kills = None, {}, 0
+    for n in range(len(targets) + 5):
+        code = _run(data, tmp_path / f"run{n}.json", visited=str(visited), draws_log=str(draws))
+        if code == 0:
+            break
+        assert code == -9, f"run {n} ended with {code}"
+        kills += 1
         _check_consistent(data, per_release)
-        rows = Ledger(data / "ledger.duckdb").rows()
+        rows = _date_rows(data)
         if reserved is not None:  # a committed reservation is reused, never spent again
-            assert rows["row_hash"].tolist() == reserved, f"after the kill at {kill_at!r}"
+            assert rows["row_hash"].tolist() == reserved
         elif len(rows):
             reserved = rows["row_hash"].tolist()
         now = _released(data)
         for table, before in released.items():  # released values stay as they were
-            assert now[table] == before, f"release.{table} changed after the kill at {kill_at!r}"
+            assert now[table] == before, f"release.{table} changed by run {n}"
         released = {table: rows for table, rows in now.items() if rows}
-    # the chain got as far as intended: reserved, partly released, recommendations not
-    assert reserved is not None and "cohort_sizes" in released
-    assert "cohort_recommendations" not in released
+    summary, log = release_procs.read_output(tmp_path / f"run{n}.json")
+    assert summary and summary["success"], log[-3000:]
+    killed_at = visited.read_text().splitlines()
+    assert set(targets) <= set(killed_at)  # every point of the full run was a kill point
+    assert kills == len(killed_at)
 
-    last = release_procs.start(
-        release_procs.run_release, str(data), RELEASE_DATE, str(tmp_path / "last.json")
-    )
-    last.join(300)
-    summary, log = release_procs.read_output(tmp_path / "last.json")
-    assert last.exitcode == 0 and summary["success"], log[-3000:]
     _check_consistent(data, per_release)
-    assert Ledger(data / "ledger.duckdb").rows()["row_hash"].tolist() == reserved
+    assert _date_rows(data)["row_hash"].tolist() == reserved
     final = _released(data)
     assert all(final[table] for table in CHARGED)
     for table, before in released.items():
         assert final[table] == before
+    counts = _check_draws(draws.read_text(), killed_at)
+    assert {key.split()[1] for key in counts} == {
+        "cohort_sizes",
+        "cohort_metrics",
+        "cohort_category_affinity",
+        "item_popularity",
+        "experiment_report",
+    }
+    assert len({key.split()[0] for key in counts}) == 1  # one reservation

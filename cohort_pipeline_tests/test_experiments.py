@@ -4,6 +4,7 @@ experiment_report asset run for real (DuckDB files, OpenDP noise, a Dagster inst
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import date, timedelta
 
 import duckdb
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from cohort_pipeline.experiments import (
     EVAL_DAYS,
+    HEADLINE,
     METRICS,
+    MIN_EFFECT,
     OVERALL,
     REFERENCE_ARM,
     UPLIFT_ARM,
@@ -27,6 +30,7 @@ from cohort_pipeline.experiments import (
     evaluated_users,
     mean_weight_change,
     ranking_date,
+    readability,
     readout_layout,
     readouts_from_sums,
     release_readouts,
@@ -141,6 +145,64 @@ def test_without_noise_the_readouts_are_the_exact_means_and_the_interval_is_cons
     assert rows.loc[(UPLIFT_ARM, "ndcg_at_10_uplift", KEYS[1]), "value"] == pytest.approx(
         per_cohort
     )
+
+
+def test_readouts_from_few_noisy_users_stay_in_their_range():
+    """21 noisy evaluated users gave NDCG@10 = -3.04 [-7.8, 1.7]: every figure and interval
+    is now clamped to the range of what it estimates."""
+    std = mechanisms(load_policy(POLICY))["experiment_report"].std
+    noisy = {q: -64.0 for q in readout_layout(KEYS)}
+    noisy.update({(OVERALL, "users"): 21.0, (OVERALL, f"cohort_{HEADLINE}"): -64.0})
+    noisy.update({(OVERALL, f"diff_{m}"): 90.0 for m in METRICS})
+    noisy[(KEYS[0], f"cohort_{HEADLINE}")], noisy[(KEYS[0], f"diff_{HEADLINE}")] = 0.0, -600.0
+    rows = readouts_from_sums(noisy, KEYS, std)
+    figures = rows[["value", "ci_low", "ci_high"]]
+    means = rows["arm"].isin(["cohort", "popularity"])
+    assert figures[means].ge(0).all().all() and figures[means].le(1).all().all()
+    assert (rows.loc[means & (rows.arm == "cohort"), "value"] == 0).all()  # was -3.05
+    differences = rows["metric"].str.endswith("_difference")
+    assert figures[differences].abs().le(1).all().all()
+    uplifts = rows[rows["metric"].str.endswith("_uplift")].dropna()
+    assert len(uplifts) and uplifts[["value", "ci_low", "ci_high"]].ge(-1).all().all()
+
+
+def readout(users: float, noise_std: float, cohort=0.2, popularity=0.18) -> pd.DataFrame:
+    """The release.experiment_results rows readability reads."""
+    return pd.DataFrame(
+        {"arm": ["cohort", "popularity", UPLIFT_ARM],
+         "metric": [HEADLINE, HEADLINE, f"{HEADLINE}_difference"], "cohort_key": OVERALL,
+         "value": [cohort, popularity, cohort - popularity], "noisy_evaluated_users": users,
+         "noise_std": noise_std}
+    )  # fmt: skip
+
+
+def test_readability_says_how_many_users_or_how_much_epsilon_would_make_it_readable():
+    policy = load_policy(POLICY)
+    std = mechanisms(policy)["experiment_report"].std
+    small = readability(readout(21, std, cohort=0.0, popularity=0.3), policy)
+    assert small.inconclusive and small.effect == pytest.approx(0.3)
+    assert math.isinf(small.epsilon_needed)  # 21 users' sampling error alone is too wide
+    assert "inconclusive" in small.message() and "no epsilon" in small.message()
+
+    # The effect is the reported difference (0.02 here), at least MIN_EFFECT.
+    some = readability(readout(100, std), policy)
+    assert some.effect == pytest.approx(0.02)
+    assert readability(readout(100, std, 0.2, 0.199), policy).effect == MIN_EFFECT
+    # At the users it asks for, the readout is readable, and just below, not yet.
+    enough = readability(readout(some.users_needed, std), policy)
+    assert not enough.inconclusive and enough.half_width == pytest.approx(0.02)
+    assert enough.message().startswith("readable:")
+    assert readability(readout(0.95 * some.users_needed, std), policy).inconclusive
+    # Where sampling error alone fits, the epsilon it names gives noise that fits too.
+    mid = readability(readout(0.8 * some.users_needed, std), policy)
+    assert mid.inconclusive and policy.epsilon_per_release < mid.epsilon_needed < 10
+    at = mechanisms(replace(policy, epsilon_per_release=mid.epsilon_needed))["experiment_report"]
+    assert not readability(readout(mid.evaluated_users, at.std), policy).inconclusive
+    below = mechanisms(replace(policy, epsilon_per_release=0.95 * mid.epsilon_needed))
+    assert readability(
+        readout(mid.evaluated_users, below["experiment_report"].std), policy
+    ).inconclusive
+    assert f"{mid.epsilon_needed:.3g}" in mid.message()
 
 
 def test_report_markdown_keeps_cohort_keys_in_one_cell_and_states_the_noise():
@@ -278,7 +340,7 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
     finally:
         ledger.close()
     again = run_release(small_dir, instance=instance, selection=report)
-    assert again.success and report_metadata(again)["status"] == "reused the stored release"
+    assert again.success and report_metadata(again)["status"] == "returned the stored draw"
     assert results_rows(small_dir)["value"].equals(rows["value"])
     ledger = duckdb.connect(str(small_dir / "ledger.duckdb"), read_only=True)
     try:

@@ -30,7 +30,13 @@ from cohort_pipeline.cli import main
 from cohort_pipeline.definitions import defs
 from cohort_pipeline.policy import load_policy, parse_policy
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import budget_cap, exact_cohort_counts, planned_measurements
+from cohort_pipeline.privacy.release import (
+    budget_cap,
+    exact_cohort_counts,
+    planned_measurements,
+    release_spend,
+    yearly_spend,
+)
 from cohort_pipeline.sensors import drift_ranking_refresh
 from cohort_pipeline_tests.conftest import (
     POLICY,
@@ -138,6 +144,8 @@ def test_audit_report_holds_policy_measurements_budget_and_provenance(releases):
         png.startswith(b"\x89PNG\r\n\x1a\n") and "![budget burn-down](budget_burndown.png)" in text
     )
     assert "read by no measurement: revenue" in text
+    assert f"someone active every day for a year: ε = {yearly_spend(policy)[0]:.4g}" in text
+    assert f"horizon containing {day}, as recorded: ε = {summary['horizon_epsilon']:.4g}" in text
 
 
 def test_audit_report_renders_chart_inline_for_the_ui(releases):
@@ -181,6 +189,8 @@ def test_scorecard_reports_numbers_and_drift_breach(releases):
         for key in PLOTTED:
             assert isinstance(card[key], float), key
     assert second["epsilon_remaining"] < first["epsilon_remaining"]
+    assert second["horizon_epsilon"] > first["horizon_epsilon"] > 0
+    assert "someone active every day for a year: ε = " in second["scorecard"]
     assert second["cohort_share_psi"] >= PSI_BREACH and second["drift_level"] == "breach"
     drift = {e.asset_check_key.name: e for e in releases.second.get_asset_check_evaluations()}
     assert drift["release_drift"].passed is False
@@ -213,6 +223,10 @@ def test_privacy_notice_is_generated_from_the_policy(releases):
         assert f"at least about {policy.min_size} people" in text
         assert f"epsilon = {policy.epsilon_per_release:g}" in text
         assert f"any {policy.window_days} days" in text
+        yearly = yearly_spend(policy)[0]
+        assert f"Someone active every day for a year: epsilon = {yearly:.3g}" in text
+        assert f"epsilon = {policy.epsilon_horizon_cap:g}" in text
+        assert "add up too" not in text  # zcdp: every figure is at the policy's delta
         assert "cohort-pipeline opt-out add" in text
         for label in (*policy.engagement_labels, *policy.recency_labels, *policy.device_groups):
             assert label in text
@@ -220,6 +234,9 @@ def test_privacy_notice_is_generated_from_the_policy(releases):
     raw = yaml.safe_load(POLICY.read_text())
     raw["cohorts"]["min_size"] = 321
     assert "at least about 321 people" in reports.notice_markdown(parse_policy(raw))
+    # Under basic composition deltas add up, and the notice states their cap.
+    raw["budget"]["composition"] = "basic"
+    assert "their sum stays at or below 1e-05" in reports.notice_markdown(parse_policy(raw))
 
 
 def test_ledger_cli_shows_and_verifies_then_catches_tampering(releases, tmp_path, capsys):
@@ -230,6 +247,8 @@ def test_ledger_cli_shows_and_verifies_then_catches_tampering(releases, tmp_path
     assert main(["--data-dir", str(copy), "ledger", "show"]) == 0
     shown = capsys.readouterr().out
     assert "cohort_sizes" in shown and RELEASE_DATE in shown and "remaining" in shown
+    yearly = yearly_spend(load_policy(copy / "policy.yaml"))
+    assert f"someone active every day for a year: ε = {yearly[0]:.4g} at δ = 1e-06" in shown
     assert main(["--data-dir", str(copy), "ledger", "verify"]) == 0
     with duckdb.connect(str(copy / "ledger.duckdb")) as con:  # an edit that lowers a spend
         con.execute("UPDATE privacy_spend SET epsilon = epsilon / 2 WHERE seq = 2")
@@ -276,3 +295,41 @@ def test_coarsening_table_keeps_each_cohort_key_in_one_cell():
     cells = [c.strip() for c in re.split(r"(?<!\\)\|", rows[0])[1:-1]]
     reason = f"members' noisy sizes below k = {policy.min_size}"
     assert cells == [r"low\|recent\|*", "2", "device", "250.5", reason]
+
+
+def _ledger_metadata(result) -> dict:
+    [event] = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == AssetKey("privacy_budget_ledger")
+    ]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_a_backfill_shows_the_enforced_figure_as_ledger_show_does(tmp_path, capsys):
+    """Release the latest date, then the day before: the backfill's metadata shows the worst
+    window containing it (both releases), the figure `ledger show` gives and the cap bounds."""
+    data = make_data_dir(tmp_path / "data", users=1_000, **{"cohorts.min_size": 20})
+    for day in (RELEASE_DATE, PREVIOUS_DATE):
+        result = run_release(data, day, selection="*privacy_budget_ledger")
+        assert check_results(result)["budget_within_limit"] is True
+    shown = _ledger_metadata(result)
+    assert (
+        main(["--data-dir", str(data), "ledger", "show", "--json", "--as-of", PREVIOUS_DATE]) == 0
+    )
+    cli = yaml.safe_load(capsys.readouterr().out)
+    policy = load_policy(data / "policy.yaml")
+    two_releases = release_spend(policy, 2)[0]
+    assert cli["epsilon_spent"] == pytest.approx(two_releases)
+    assert shown["epsilon_spent_window"] == pytest.approx(cli["epsilon_spent"])
+    assert shown["epsilon_remaining"] == pytest.approx(cli["epsilon_remaining"])
+    assert shown["horizon_epsilon"] == pytest.approx(cli["horizon_epsilon"])
+    assert cli["horizon_days"] == 365 and cli["yearly_epsilon"] == pytest.approx(
+        yearly_spend(policy)[0]
+    )
+    [check] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_check_key.name == "budget_within_limit"
+    ]
+    assert check.metadata["epsilon_spent"].value == pytest.approx(two_releases)

@@ -8,8 +8,10 @@ rows in the file; the input files are byte-for-byte unchanged. Add a case for ev
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dagster import DagsterInstance
 
+from cohort_pipeline.generate import generate
 from cohort_pipeline.ingest import EARLIEST_EVENT, InputError, load_window
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.bounding import (
@@ -30,7 +34,7 @@ from cohort_pipeline.privacy.bounding import (
     user_pairs_sql,
     user_profiles_sql,
 )
-from cohort_pipeline_tests.conftest import POLICY
+from cohort_pipeline_tests.conftest import POLICY, run_release, write_policy
 
 FIRST, LAST = date(2026, 11, 1), date(2026, 11, 28)
 NOW = pd.Timestamp("2026-11-29 12:00", tz="UTC")
@@ -564,3 +568,52 @@ def test_a_bot_with_a_million_events_is_accepted_but_bounded(tmp_path):
         assert max(n for _, n in norms) <= bound + 1e-9
         assert dict(norms)["bot"] == pytest.approx(bound)  # the bot weighs as much as anyone
     con.close()
+
+
+def test_events_from_1997_are_accepted_once_the_partitions_reach_back(tmp_path):
+    """A 1997-98 log had every row quarantined as 'before 2000-01-01'; the floor now follows
+    the policy's first release window, and default values (epoch 0) stay quarantined."""
+    from dataclasses import replace
+
+    from cohort_pipeline.ingest import earliest_event
+
+    events = tmp_path / "events"
+    events.mkdir()
+    old = [event(n, event_time=f"1997-11-{10 + n % 15:02d}T12:00:00Z") for n in range(6)]
+    write_csv(events / "e.csv", [*old, event(9, event_time="1970-01-01T00:00:00Z")])
+    first, last = date(1997, 11, 1), date(1997, 11, 28)
+    policy = replace(load_policy(POLICY), partitions_start=date(1997, 11, 20))
+    assert earliest_event(policy) == date(1997, 10, 24)  # 1997-11-20 minus 27 days
+    assert earliest_event(load_policy(POLICY)) == EARLIEST_EVENT  # 2024 partitions: unchanged
+
+    refused = load_window(_connection(), events, "catalog", "opt_outs", first, last, now=NOW)
+    assert refused.report["accepted"].sum() == 0 and refused.window_quarantined
+
+    con = _connection()
+    result = load_window(
+        con, events, "catalog", "opt_outs", first, last, now=NOW, earliest=earliest_event(policy)
+    )
+    assert result.report["accepted"].sum() == 6 and not result.window_quarantined
+    reasons = con.execute("SELECT reason FROM window_rejected").fetchall()
+    assert reasons == [("event_time before 1997-10-24",)]
+
+
+def test_a_wholly_quarantined_window_is_said_in_the_report_and_the_log(tmp_path):
+    """Events from 1997 under partitions from 2024: every row is implausibly old. The run
+    log says so without a count; private.ingest_report flags it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    generate(data, users=200, days=10, seed=3, end_date=dt.date(1997, 11, 28))
+    write_policy(data)
+    instance = DagsterInstance.ephemeral()
+    result = run_release(data, instance=instance, selection=["opt_outs", "raw_events"])
+    assert result.success
+    logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    (warning,) = [m for m in logged if "was quarantined" in m]
+    assert "partitions_start" in warning and "before 2000-01-01" in warning
+    assert not re.search(r"\b\d+ (rows?|events?)\b", warning)  # counts stay in the warehouse
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        flags = con.execute(
+            "SELECT DISTINCT window_quarantined FROM private.ingest_report"
+        ).fetchall()
+    assert flags == [(True,)]

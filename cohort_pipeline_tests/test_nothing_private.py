@@ -29,6 +29,9 @@ import numpy as np
 from cohort_pipeline_tests.conftest import RELEASE_DATE, REPO
 
 MIN_SCANNED_COUNT = 1000
+# Dagster's own versions (tags dagster/data_version, dagster/input_data_version/<key>, and
+# the audit report's provenance column): logical versions from code versions, not data.
+DAGSTER_VERSIONS = (b"dagster/", b"dagster/input_", b"dagster_")
 RISK_TRIALS = 2000  # keeps privacy_risk_report quick inside the release run
 _WORDS = re.compile(rb"[A-Za-z0-9_]+")
 # A whole numeric literal: not part of a word, a decimal, a date (2026-11-28) or a time.
@@ -157,6 +160,27 @@ def test_no_user_id_or_exact_count_in_dagster_storage_release_tables_or_exports(
     scanned |= release_tables_csv(data_dir / "warehouse.duckdb")
     scanned |= {str(p): p.read_bytes() for p in (data_dir / "exports").rglob("*") if p.is_file()}
     scanned["dagster CLI output"] = (run.stdout + run.stderr).encode()
+
+    con = duckdb.connect(str(data_dir / "ledger.duckdb"), read_only=True)
+    ledger = con.execute("SELECT * FROM privacy_spend").df()
+    con.close()
+    scanned["ledger.privacy_spend"] = ledger.to_csv(index=False).encode()
+    # No version derived from the data anywhere: the only "data version" is Dagster's own
+    # (its logical version, from code versions), and releases name their random reservation.
+    versions = {
+        name: blob[max(0, m.start() - 40) : m.end() + 10]
+        for name, blob in scanned.items()
+        for m in re.finditer(rb"data[_ ]version", blob, re.IGNORECASE)
+        if not blob[max(0, m.start() - 14) : m.start()].endswith(DAGSTER_VERSIONS)
+    }
+    assert not versions, f"a data version is published: {versions}"
+    for table, blob in release_tables_csv(data_dir / "warehouse.duckdb").items():
+        header = blob.split(b"\n", 1)[0].decode().split(",")
+        if "reservation_id" in header:
+            assert set(re.findall(rb"\b[0-9a-f]{32}\b", blob)) <= set(
+                ledger["reservation_id"].str.encode("ascii")
+            ), table
+    assert ledger["reservation_id"].nunique() == 1
 
     released = released_sizes(data_dir / "warehouse.duckdb")
     leaks = {

@@ -7,17 +7,13 @@ import os
 import threading
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
 from cohort_pipeline import optouts
 from cohort_pipeline.cli import main
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.bounding import (
-    item_categories_sql,
-    user_categories_sql,
-    user_pairs_sql,
-)
 from cohort_pipeline.privacy.release import exact_cohort_counts
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
@@ -115,16 +111,13 @@ def test_opted_out_user_is_excluded_from_every_exact_aggregate(small_dir, capsys
 
 
 def _bounded_categories(data, events: pd.DataFrame, policy) -> pd.DataFrame:
-    """The bounded category vector of `events`' users, by the bounding SQL itself."""
-    with duckdb.connect() as con:
-        con.register("events", events)
-        con.execute(
-            f"CREATE TABLE catalog AS SELECT * FROM read_csv('{data / 'catalog.csv'}', "
-            "all_varchar = true)"
-        )
-        con.execute(f"CREATE TABLE pairs AS {user_pairs_sql(policy, 'events')}")
-        return con.execute(
-            f"SELECT v.user_id, n.category, v.value FROM ({user_categories_sql(policy, 'pairs', 'catalog')}) v"
-            f" JOIN (SELECT DISTINCT category_no, category FROM ({item_categories_sql('catalog')})) n"
-            " USING (category_no)"
-        ).df()
+    """The bounded category vector of `events`' users, computed here from the policy's
+    definition (not by the product's bounding SQL): each event weighs its type's
+    `bounds.category_weights`, items outside the catalog count for nothing, and each user's
+    per-category sums are scaled to L2 norm `bounds.category_l2_norm`."""
+    catalog = pd.read_csv(data / "catalog.csv", dtype=str)[["item_id", "category"]]
+    weighted = events.assign(w=events["event_type"].map(policy.category_weights).fillna(0.0))
+    sums = weighted.merge(catalog, on="item_id").groupby(["user_id", "category"])["w"].sum()
+    norms = np.sqrt((sums**2).groupby(level="user_id").sum())
+    scaled = sums * policy.category_l2_norm / norms.reindex(sums.index, level="user_id")
+    return scaled.rename("value").reset_index()

@@ -7,6 +7,7 @@ Changing the policy mid-window keeps past spend counted.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import duckdb
@@ -38,6 +39,12 @@ BAD = [
     ({"budget.composition": "advanced"}, "budget.composition"),
     ({"budget.split.cohort_sizes": 0.9}, "budget.split"),
     ({"budget.window_days": 0}, "budget.window_days"),
+    ({"budget.horizon_days": 0}, "budget.horizon_days"),
+    ({"budget.horizon_days": 36.5}, "budget.horizon_days"),
+    ({"budget.epsilon_horizon_cap": 0}, "budget.epsilon_horizon_cap"),
+    ({"budget.delta_cap": 1e-7}, "budget.delta_cap"),  # below budget.delta
+    ({"budget.delta_cap": 0.01}, "budget.delta_cap"),
+    ({"budget.composition": "pld"}, "budget.composition"),
     ({"cohorts.min_size": 5}, "cohorts.min_size"),
     ({"cohorts.min_size": True}, "cohorts.min_size"),
     ({"cohorts.dimensions.engagement.edges": [12, 4]}, "cohorts.dimensions.engagement.edges"),
@@ -129,6 +136,8 @@ def test_a_cap_below_one_release_loads_but_the_budget_check_refuses(budget_data)
     policy = load_policy(policy_path)  # a valid policy: its budget just admits nothing
     assert budget_problem(policy).startswith("budget.epsilon_cap (0.5) is below one release's")
     assert budget_problem(load_policy(POLICY)) is None
+    horizon = dataclasses.replace(load_policy(POLICY), epsilon_horizon_cap=0.5)
+    assert budget_problem(horizon).startswith("budget.epsilon_horizon_cap (0.5)")
 
     result = run_release(budget_data, selection=UP_TO_LEDGER)
     assert not result.success and check_results(result)["budget_within_limit"] is False

@@ -81,3 +81,26 @@ def test_recommendations_rank_items_by_weight_times_category_share():
     recs = recommendations(weights, popularity, top_n=2)
     assert recs["item_id"].tolist() == ["b2", "b1"]
     assert recs["rank"].tolist() == [1, 2]
+
+
+def _floor_binds(policy, previous):
+    """A huge cohort (no shrinkage) that never engages with `music`, in a population that
+    never does either: without the fairness floor its `music` weight would be 0."""
+    aff, sizes = affinity_for({"a|b|c": [0.5, 0.3, 0.2, 0.0]}, 1e9)
+    return ranking_weights(aff, sizes, previous, policy).set_index("category")["weight"]
+
+
+def test_fairness_floor_binds_exactly_without_a_previous_release(policy):
+    weights = _floor_binds(policy, None)
+    assert weights["music"] == pytest.approx(policy.fairness_floor, abs=1e-9)
+    assert weights.sum() == pytest.approx(1.0)
+
+
+def test_fairness_floor_binds_exactly_against_a_previous_release(policy):
+    # The previous release gave music 0.03: the change bound alone would allow 0.
+    previous = pd.DataFrame(
+        {"cohort_key": "a|b|c", "category": CATEGORIES, "weight": [0.47, 0.3, 0.2, 0.03]}
+    )
+    weights = _floor_binds(policy, previous)
+    assert weights["music"] == pytest.approx(policy.fairness_floor, abs=1e-9)
+    assert weights.sum() == pytest.approx(1.0)

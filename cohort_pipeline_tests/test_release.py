@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from cohort_pipeline.policy import MEASURED_ASSETS
+from cohort_pipeline.policy import MEASURED_ASSETS, load_policy
+from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.release import (
     mechanisms,
     release_cohort_metrics,
@@ -14,6 +15,13 @@ from cohort_pipeline.privacy.release import (
 )
 from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
 
+PREPARE_AND_RESERVE = [
+    "opt_outs",
+    "raw_events",
+    "user_profiles",
+    "cohort_assignments",
+    "privacy_budget_ledger",
+]
 RELEASE_TABLES = [
     "cohort_sizes",
     "cohort_metrics",
@@ -80,8 +88,8 @@ def test_old_windows_are_removed_and_an_old_date_reruns_from_the_event_files(
     small_dir, monkeypatch
 ):
     """Each release date stores a whole validated window: only COHORT_PIPELINE_KEEP_WINDOWS
-    dates keep theirs. Releasing an older date again re-ingests it from the untouched files:
-    the same data version, so the stored release is returned and nothing is spent."""
+    dates keep theirs. Releasing an older date again re-ingests it from the untouched files;
+    the date is already released, so its stored release is returned and nothing is spent."""
     monkeypatch.setenv("COHORT_PIPELINE_KEEP_WINDOWS", "1")
     earlier = "2026-11-27"
 
@@ -129,16 +137,180 @@ def test_keep_windows_must_be_a_positive_count(monkeypatch):
             keep_windows()
 
 
-def test_changed_inputs_are_a_new_release_that_spends(sample_dir):
-    assert run_release(sample_dir).success
-    sizes_before = release_rows(sample_dir, "cohort_sizes")
-    (sample_dir / "opt_outs.csv").write_text("user_id\nu000001\nu000002\n")
-    assert run_release(sample_dir).success
-    spent = ledger_rows(sample_dir)
-    assert len(spent) == 2 * len(MEASURED_ASSETS) and spent["data_version"].nunique() == 2
-    assert not np.allclose(
-        release_rows(sample_dir, "cohort_sizes")["noisy_users"], sizes_before["noisy_users"]
+def _without_provenance(value):
+    """The audit report's provenance table lists the run's own ids, storage ids and times."""
+    if isinstance(value, str) and "## Provenance" in value:
+        head, rest = value.split("## Provenance", 1)
+        return head + rest[rest.index("## Data minimization") :]
+    return value
+
+
+def _published(result) -> dict:
+    """Every materialization's metadata and every check's outcome and metadata of a run: what
+    Dagster shows of it, but for the run's own ids in the audit report's provenance."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        m = event.event_specific_data.materialization
+        found[m.asset_key.to_user_string()] = {
+            k: _without_provenance(v.value) for k, v in m.metadata.items()
+        }
+    for e in result.get_asset_check_evaluations():
+        found[e.asset_check_key.name] = (e.passed, {k: v.value for k, v in e.metadata.items()})
+    return found
+
+
+def _window_users(data_dir) -> set[str]:
+    sql = f"SELECT DISTINCT user_id FROM private.raw_events WHERE release_date = DATE '{RELEASE_DATE}'"
+    return set(read(data_dir / "warehouse.duckdb", sql)["user_id"])
+
+
+def test_a_released_date_is_final_whoever_opts_out(small_dir):
+    """Opting out a user who has events in the window and one who has none, then re-running
+    the released date, gives identical release tables, ledger and Dagster metadata: the
+    opt-out takes effect from the next release date, and the two cases cannot be told apart."""
+    assert run_release(small_dir).success
+    baseline = run_release(small_dir)  # a plain re-run: what every later run must show
+    assert baseline.success
+    tables = {t: release_rows(small_dir, t) for t in [*RELEASE_TABLES, "item_popularity"]}
+    ledger = ledger_rows(small_dir)
+    present = sorted(_window_users(small_dir))[0]
+    absent = "u_never_seen"
+    assert absent not in _window_users(small_dir)
+    for user in (present, absent):
+        (small_dir / "opt_outs.csv").write_text(f"user_id\n{user}\n")
+        again = run_release(small_dir)
+        assert again.success
+        assert user not in _window_users(small_dir)  # the window itself did change
+        for table, before in tables.items():
+            pd.testing.assert_frame_equal(release_rows(small_dir, table), before, obj=table)
+        pd.testing.assert_frame_equal(ledger_rows(small_dir), ledger)
+        assert _published(again) == _published(baseline)
+
+
+def test_a_redraw_is_explicit_charged_in_full_and_replaces_the_release(small_dir):
+    from cohort_pipeline.assets.privacy import REDRAW_TAG
+
+    assert run_release(small_dir).success
+    first = ledger_rows(small_dir)
+    sizes = release_rows(small_dir, "cohort_sizes")
+    assert set(first["kind"]) == {"release"} and set(first["reason"]) == {""}
+
+    empty = run_release(small_dir, tags={REDRAW_TAG: " "})
+    assert not empty.success  # a redraw needs a reason
+    assert len(ledger_rows(small_dir)) == len(first)
+
+    redraw = run_release(small_dir, tags={REDRAW_TAG: "catalog fix"})  # unchanged data
+    assert redraw.success
+    spent = ledger_rows(small_dir)
+    new = spent[spent["seq"] > first["seq"].max()]
+    assert sorted(new["asset"]) == sorted(MEASURED_ASSETS)  # charged in full
+    assert set(new["kind"]) == {"redraw"} and set(new["reason"]) == {"catalog fix"}
+    assert new["reservation_id"].nunique() == 1
+    assert new["reservation_id"].iloc[0] not in set(first["reservation_id"])
+    assert new["epsilon"].tolist() == first["epsilon"].tolist()
+    redrawn = release_rows(small_dir, "cohort_sizes")
+    assert set(redrawn["reservation_id"]) == set(new["reservation_id"])
+    assert set(redrawn["noisy_users"]).isdisjoint(sizes["noisy_users"])  # new draws
+    for table in ("cohort_metrics", "cohort_category_affinity", "cohort_recommendations"):
+        assert set(release_rows(small_dir, table)["reservation_id"]) == set(new["reservation_id"])
+
+    assert run_release(small_dir).success  # without the tag: the redraw's values, no spend
+    pd.testing.assert_frame_equal(ledger_rows(small_dir), spent)
+    pd.testing.assert_frame_equal(release_rows(small_dir, "cohort_sizes"), redrawn)
+
+
+def test_a_policy_change_keeps_the_release_and_a_draw_under_it_is_refused(small_dir):
+    """The date's reservation stays final under a changed policy file: stored draws come
+    back without a policy match, but a draw that is still missing is refused."""
+    upstream = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    assert run_release(
+        small_dir, selection=[*upstream, "privacy_budget_ledger", "cohort_sizes"]
+    ).success
+    spent = ledger_rows(small_dir)
+    sizes = release_rows(small_dir, "cohort_sizes")
+    write_policy(small_dir, **{"cohorts.min_size": 50, "ranking.top_n": 7})
+    assert run_release(small_dir, selection=["privacy_budget_ledger", "cohort_sizes"]).success
+    pd.testing.assert_frame_equal(ledger_rows(small_dir), spent)
+    pd.testing.assert_frame_equal(release_rows(small_dir, "cohort_sizes"), sizes)
+    alone = run_release(small_dir, selection=["cohort_metrics"])
+    assert not alone.success
+    failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "request a redraw" in failure.event_specific_data.error.to_string()
+    assert release_rows(small_dir, "cohort_metrics").empty
+
+
+def test_a_failure_after_the_popularity_draw_never_draws_it_again(small_dir, monkeypatch):
+    """Recommendations fail once after item popularity is drawn (and written); the retry
+    reads the stored draw: one popularity draw per reservation, nothing spent again."""
+    from cohort_pipeline.assets import ranking
+
+    draws = []
+    real_draw, real_recs = ranking.release_item_popularity, ranking.recommendations
+
+    def counted(*args, **kwargs):
+        draws.append(1)
+        return real_draw(*args, **kwargs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault between the popularity draw and the recommendations")
+
+    monkeypatch.setattr(ranking, "release_item_popularity", counted)
+    monkeypatch.setattr(ranking, "recommendations", broken)
+    assert not run_release(small_dir).success
+    assert len(draws) == 1
+    spent = ledger_rows(small_dir)
+    popularity = release_rows(small_dir, "item_popularity")
+    monkeypatch.setattr(ranking, "recommendations", real_recs)
+    assert run_release(small_dir).success
+    assert len(draws) == 1
+    pd.testing.assert_frame_equal(ledger_rows(small_dir), spent)
+    pd.testing.assert_frame_equal(release_rows(small_dir, "item_popularity"), popularity)
+    assert len(release_rows(small_dir, "cohort_recommendations"))
+
+
+def test_an_empty_window_releases_noise_over_the_public_keys(small_dir):
+    """No events at all in the window: the release reaches its draws (charged) over every
+    public key instead of failing on missing rows; only min_cohort_size, a function of the
+    noisy sizes, may stop it."""
+    from cohort_pipeline.policy import load_policy
+
+    day = "2026-09-01"  # the sample's events start in late October
+    result = run_release(small_dir, day)
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert failed <= {"cohort_sizes"}
+    checks = check_results(result)
+    assert checks["budget_within_limit"] and "min_cohort_size" in checks
+    assert not failed or checks["min_cohort_size"] is False
+    assert sorted(ledger_rows(small_dir)["asset"]) == sorted(MEASURED_ASSETS)
+    keys = load_policy(small_dir / "policy.yaml").cohort_keys()
+    draw = read(
+        small_dir / "warehouse.duckdb",
+        f"SELECT members FROM private.draws_cohort_sizes WHERE release_date = DATE '{day}'",
     )
+    assert sorted(m for members in draw["members"] for m in members.split(";")) == sorted(keys)
+    if checks["min_cohort_size"]:
+        for table in [*RELEASE_TABLES, "item_popularity"]:
+            assert len(release_rows(small_dir, table, day)), table
+
+
+def test_a_window_without_category_engagement_releases_noise(small_dir):
+    """Events, but every category weight 0: no user has a category vector, and affinity is
+    still released as noise over every released cohort x catalog category."""
+    write_policy(
+        small_dir,
+        **{
+            "cohorts.min_size": 50,
+            "bounds.category_weights": {"view": 0, "click": 0, "add_to_cart": 0, "purchase": 0},
+        },
+    )
+    assert run_release(small_dir).success
+    totals = read(small_dir / "warehouse.duckdb", "SELECT * FROM private.cohort_category_totals")
+    assert totals.empty
+    affinity = release_rows(small_dir, "cohort_category_affinity")
+    sizes = release_rows(small_dir, "cohort_sizes")
+    categories = pd.read_csv(small_dir / "catalog.csv")["category"].nunique()
+    assert len(affinity) == len(sizes) * categories
+    assert (affinity["noisy_sum"] != 0).all()
 
 
 def test_cap_below_one_release_blocks_everything_and_spends_nothing(small_dir):
@@ -168,7 +340,7 @@ def test_min_size_above_population_blocks_metrics_and_a_retry_draws_nothing_new(
     published = result.asset_materializations_for_node("cohort_sizes")[0].metadata
     assert not any(key.startswith("noisy_users") for key in published)
     # A retry under the same reservation reuses the refused draw: no averaging of redraws.
-    query = f"SELECT noisy_users FROM private.cohort_size_draws WHERE release_date = DATE '{RELEASE_DATE}'"
+    query = f"SELECT noisy_users FROM private.draws_cohort_sizes WHERE release_date = DATE '{RELEASE_DATE}'"
     draw = read(small_dir / "warehouse.duckdb", query)
     assert not run_release(small_dir).success
     pd.testing.assert_frame_equal(read(small_dir / "warehouse.duckdb", query), draw)
@@ -192,7 +364,7 @@ def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeyp
     steps = [*upstream, "privacy_budget_ledger", "cohort_sizes"]
     assert run_release(small_dir, selection=steps).success
     spent = ledger_rows(small_dir)
-    from cohort_pipeline.assets import common
+    from cohort_pipeline.assets import dp_asset
     from cohort_pipeline.privacy.mechanisms import gaussian
 
     def costlier(policy):
@@ -201,14 +373,14 @@ def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeyp
         return {**mechs, "cohort_metrics": gaussian(metrics.sensitivity, 2 * metrics.spend.rho,
                                                     policy.delta)}  # fmt: skip
 
-    monkeypatch.setattr(common, "mechanisms", costlier)
+    monkeypatch.setattr(dp_asset, "mechanisms", costlier)
     alone = run_release(small_dir, selection=["cohort_metrics"])
     assert not alone.success
     failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
     assert "more than the ledger reserved" in failure.event_specific_data.error.to_string()
     assert release_rows(small_dir, "cohort_metrics").empty
     pd.testing.assert_frame_equal(ledger_rows(small_dir), spent)
-    monkeypatch.setattr(common, "mechanisms", mechanisms)
+    monkeypatch.setattr(dp_asset, "mechanisms", mechanisms)
     assert run_release(small_dir, selection=["cohort_metrics"]).success
 
 
@@ -254,3 +426,29 @@ def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
     assert np.median(errors_c) <= 0.05
     assert 0.90 <= np.mean(cover_n) <= 0.99
     assert 0.90 <= np.mean(cover_c) <= 0.99
+
+
+@pytest.mark.parametrize("smallest, passes", [(49.5, False), (50.0, True)])
+def test_min_cohort_size_holds_exactly_at_k(small_dir, smallest, passes):
+    """k = 50 (small_dir): a stored draw whose smallest noisy cohort is k - 0.5 fails the check
+    and writes nothing; one at exactly k passes and is released. The draw is planted under the
+    date's real reservation, so the real asset reads it instead of drawing."""
+    assert run_release(small_dir, selection=PREPARE_AND_RESERVE).success
+    policy = load_policy(small_dir / "policy.yaml")
+    empty = pd.DataFrame({"cohort_key": policy.cohort_keys(), "users": 0.0})
+    planted = release_cohort_sizes(empty, policy).assign(noisy_users=1_000.0)
+    planted.loc[3, "noisy_users"] = smallest
+    reservation = Ledger(small_dir / "ledger.duckdb").reservation(RELEASE_DATE)
+    with duckdb.connect(str(small_dir / "warehouse.duckdb")) as con:
+        con.register("planted", planted)
+        con.execute(
+            f"CREATE TABLE private.draws_cohort_sizes AS SELECT DATE '{RELEASE_DATE}' AS"
+            " release_date, ? AS reservation_id, * FROM planted",
+            [reservation["reservation_id"].iloc[0]],
+        )
+    result = run_release(small_dir, selection=["cohort_sizes"])
+    assert check_results(result) == {"min_cohort_size": passes}
+    released = release_rows(small_dir, "cohort_sizes")
+    assert len(released) == (len(planted) if passes else 0)
+    if passes:
+        assert released["noisy_users"].min() == 50.0

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from cohort_pipeline.policy import load_policy, parse_policy
+from cohort_pipeline.privacy.ledger import Measurement
 from cohort_pipeline.privacy.release import (
     coarsen,
     mechanisms,
@@ -30,14 +31,25 @@ def with_k(policy, k):
 
 @pytest.mark.parametrize("composition", ["zcdp", "basic"])
 def test_mechanisms_spend_exactly_the_release_budget(policy, composition):
-    """One release costs epsilon_per_release at delta under either composition (under basic,
-    zCDP-calibrated Gaussian shares converted one by one once summed to 1.83 at 4 deltas)."""
-    from cohort_pipeline.privacy.accounting import compose
+    """One release is calibrated to cost epsilon_per_release at delta under either composition
+    (zcdp: its rhos sum to the release's rho; basic: epsilons and deltas sum); the PLD
+    accountant composes the zcdp release to less (under basic, zCDP-calibrated Gaussian
+    shares converted one by one once summed to 1.83 at 4 deltas)."""
+    from cohort_pipeline.privacy.accounting import compose, epsilon_from_rho
 
     mechs = mechanisms(replace(policy, composition=composition))
-    epsilon, delta = compose([m.spend for m in mechs.values()], composition, policy.delta)
+    spends = [m.spend for m in mechs.values()]
+    if composition == "zcdp":
+        epsilon, delta = epsilon_from_rho(sum(s.rho for s in spends), policy.delta), policy.delta
+    else:
+        epsilon, delta = sum(s.epsilon for s in spends), sum(s.delta for s in spends)
     assert epsilon == pytest.approx(policy.epsilon_per_release)
     assert delta == pytest.approx(policy.delta)
+    charges = [
+        Measurement(a, m.name, m.spend, m.sensitivity, m.scale).charge for a, m in mechs.items()
+    ]
+    composed = compose(charges, composition, policy.delta)
+    assert composed[0] <= policy.epsilon_per_release * (1 + 1e-9)
     laplace = {asset for asset, m in mechs.items() if m.name == "laplace"}
     expected = {"cohort_sizes"} if composition == "zcdp" else {"cohort_sizes", "cohort_metrics"}
     assert laplace == expected
@@ -125,3 +137,25 @@ def test_affinity_gives_every_cohort_and_category_a_value(policy):
     assert len(out) == len(plan) * 3
     assert (out["share"] >= 0).all()
     assert out.groupby("cohort_key")["share"].sum().to_numpy() == pytest.approx(np.ones(len(plan)))
+
+
+def test_affinity_shares_follow_a_planted_preference(policy):
+    """Each cohort of 20,000 users gives 70% of its (unit-norm) engagement to its own
+    favourite category: the released shares must find each favourite near 0.7 (the noise on
+    a sum of 20,000 is ~1e-4 of it), not a uniform or shuffled profile."""
+    categories = ["books", "garden", "music", "toys"]
+    plan = _plan(policy, n=20_000.0)
+    favourite = {key: categories[i % len(categories)] for i, key in enumerate(plan.cohort_key)}
+    totals = pd.DataFrame(
+        [
+            {"cohort_key": key, "category": c, "value": 20_000 * (0.7 if c == fav else 0.1)}
+            for key, fav in favourite.items()
+            for c in categories
+        ]
+    )
+    out = release_cohort_affinity(totals, plan, categories, policy)
+    shares = out.pivot(index="cohort_key", columns="category", values="share")
+    assert shares.idxmax(axis=1).to_dict() == favourite
+    for key, fav in favourite.items():
+        assert shares.loc[key, fav] == pytest.approx(0.7, abs=0.01)
+        assert shares.loc[key].drop(fav).to_numpy() == pytest.approx([0.1] * 3, abs=0.01)

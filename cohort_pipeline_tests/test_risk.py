@@ -112,3 +112,30 @@ def test_privacy_risk_report_materializes_without_any_warehouse(tmp_path):
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == BOUND_CHECK and check.passed
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_crowd_is_per_key_sums_so_k_of_ten_million_stays_small(policy):
+    """At k = 10^7 a crowd of per-user rows was 3·k·|keys| = 7.2e8 users (OOM-killed at
+    23 GiB); as per-key sums it is one row per key, and every attack still runs and holds."""
+    huge = replace(policy, min_size=10_000_000)
+    crowd = risk.synthetic_totals(huge, 3 * huge.min_size, np.random.default_rng(0))
+    assert len(crowd) == len(huge.cohort_keys()) and crowd["users"].sum() == 3e7 * len(crowd)
+    results = risk.run_attacks(huge, trials=2000)
+    assert {r.attack for r in results} == {
+        "differencing", "averaging", "singling_out", "reconstruction"
+    }  # fmt: skip
+    assert all(r.within_bound for r in results if math.isfinite(r.epsilon))
+    coarsened = next(r for r in results if r.arm.startswith("coarsened"))
+    assert coarsened.isolating_rows == 0.0  # the rare cohort is merged into ~2·10^7 users
+    # The attack still works on sums where epsilon allows it (as on per-user rows).
+    (weak,) = risk.differencing_attack(replace(huge, epsilon_per_release=10.0), trials=4000)
+    assert weak.advantage > 0.08 and weak.within_bound
+
+
+def test_an_absurd_min_size_is_a_policy_error_naming_the_key():
+    from cohort_pipeline.policy import MAX_K, PolicyError, parse_policy
+
+    raw = load_policy(POLICY).raw
+    too_big = {**raw, "cohorts": {**raw["cohorts"], "min_size": 10 * MAX_K}}
+    with pytest.raises(PolicyError, match=r"`cohorts.min_size` must be <= 1000000000"):
+        parse_policy(too_big)

@@ -53,8 +53,7 @@ def bounded_tables(data_dir, engine: type, monkeypatch) -> dict[str, pd.DataFram
     warehouse = resources_for(data_dir)["warehouse"]
     return {
         table: warehouse.read(
-            f"SELECT * EXCLUDE (release_date, data_version) FROM {table} "
-            "WHERE release_date = ? ORDER BY ALL",
+            f"SELECT * EXCLUDE (release_date) FROM {table} WHERE release_date = ? ORDER BY ALL",
             [RELEASE_DATE],
         )
         for table in TABLES

@@ -26,7 +26,8 @@ DAY0 = date(2024, 3, 1)
 CAP = BudgetCap(10.0, 30, 1e-7, "basic")
 RECORD = (
     "SELECT seq, release_date, asset, mechanism, epsilon, delta, rho, sensitivity, noise_scale,"
-    " policy_hash, data_version, run_id, epoch_us(recorded_at) AS recorded_at FROM privacy_spend"
+    " policy_hash, reservation_id, kind, reason, run_id, epoch_us(recorded_at) AS recorded_at"
+    " FROM privacy_spend"
 )
 
 
@@ -73,6 +74,10 @@ TAMPERING = {
         ),
         ["seq 1: row_hash does not match"],
     ),
+    "release relabelled as a redraw": (
+        lambda p: _sql(p, "UPDATE privacy_spend SET kind = 'redraw', reason = 'x' WHERE seq = 2"),
+        ["seq 2: row_hash does not match"],
+    ),
     "every row deleted, head kept": (
         lambda p: _sql(p, "DELETE FROM privacy_spend"),
         ["ledger_head records seq 3", "ends at seq 0"],
@@ -91,7 +96,6 @@ def _three_releases(path) -> Ledger:
             DAY0 + timedelta(days=n),
             [Measurement("cohort_sizes", "laplace", Spend.pure(1.0), 1.0, 1.0)],
             policy_hash="p1",
-            data_version="v1",
             run_id="r",
             cap=CAP,
         )
@@ -113,13 +117,12 @@ def test_tampering_is_found_and_blocks_spending(tmp_path, kind):
             DAY0 + timedelta(days=9),
             [Measurement("cohort_sizes", "laplace", Spend.pure(1.0), 1.0, 1.0)],
             policy_hash="p1",
-            data_version="v1",
             run_id="r",
             cap=CAP,
         )
     assert found[0] in str(err.value)
     with pytest.raises(LedgerCorrupt):  # no noise under an existing reservation either
-        ledger.reservation(DAY0, "p1", "v1")
+        ledger.reservation(DAY0)
     assert _sql(path, "SELECT count(*) FROM privacy_spend") == before
 
 

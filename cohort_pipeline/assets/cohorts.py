@@ -9,7 +9,6 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     asset_args,
-    data_version_of,
     private_metadata,
     progress_log,
 )
@@ -35,12 +34,11 @@ def user_profiles(
     release_date = context.partition_key
     catalog = str(pipeline.catalog_path).replace("'", "''")
     with warehouse.connect() as con:
-        version = data_version_of(warehouse, "private.ingest_report", release_date)
         # A view, not a copy: the window's events are read where they are (~35% less CPU at 10M
         # events than copying them into a temp table first). A view takes no parameters; the
         # partition key is a date Dagster has validated.
         con.execute(
-            "CREATE OR REPLACE TEMP VIEW events AS SELECT * EXCLUDE (release_date, data_version) "
+            "CREATE OR REPLACE TEMP VIEW events AS SELECT * EXCLUDE (release_date) "
             f"FROM private.raw_events WHERE release_date = DATE '{date.fromisoformat(release_date)}'"
         )
         con.execute(
@@ -53,7 +51,7 @@ def user_profiles(
         with engine.bounded_tables(con, policy, day, "events", "catalog", progress) as tables:
             context.log.info(f"storing {len(tables)} bounded tables in the private schema")
             for table, sql in tables:
-                replace_partition(con, table, release_date, sql, data_version=version)
+                replace_partition(con, table, release_date, sql)
         # Earlier versions kept every user's category and item vectors; nothing reads them now.
         for legacy in ("private.user_categories", "private.user_items"):
             con.execute(f"DROP TABLE IF EXISTS {legacy}")
@@ -61,7 +59,6 @@ def user_profiles(
     return MaterializeResult(
         metadata={
             **private_metadata("private.user_profiles", {r[0]: r[1] for r in schema}),
-            "data_version": version,
         }
     )
 
@@ -73,9 +70,7 @@ def user_profiles(
     "a view of private.user_profiles, so it always matches the stored profiles.",
 )
 def cohort_assignments(context: AssetExecutionContext, warehouse: WarehouseResource):
-    release_date = context.partition_key
-    with warehouse.connect() as con:  # held: the lookup below reuses it
-        version = data_version_of(warehouse, "private.user_profiles", release_date)
+    with warehouse.connect() as con:
         # A view, not a copy: copying 2.1M users took 0.36 s at 100M events, and a view cannot
         # keep an opted-out user that user_profiles has dropped. Earlier versions stored a table.
         kind = con.execute(
@@ -86,13 +81,12 @@ def cohort_assignments(context: AssetExecutionContext, warehouse: WarehouseResou
             con.execute("DROP TABLE private.cohort_assignments")
         con.execute(
             "CREATE OR REPLACE VIEW private.cohort_assignments AS"
-            " SELECT release_date, data_version, user_id, cohort_key FROM private.user_profiles"
+            " SELECT release_date, user_id, cohort_key FROM private.user_profiles"
         )
     return MaterializeResult(
         metadata={
             **private_metadata(
                 "private.cohort_assignments", {"user_id": "VARCHAR", "cohort_key": "VARCHAR"}
             ),
-            "data_version": version,
         }
     )

@@ -1,12 +1,14 @@
-"""What every asset module shares: partitions, groups, owners, the reservation guard and
-the consistent-release lookup. Nothing here computes a private value."""
+"""What every asset module shares: partitions, groups, owners, the release lock and the
+release-table writes. Nothing here computes a private value."""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from datetime import date
 
 import pandas as pd
 from dagster import (
@@ -19,12 +21,9 @@ from dagster import (
 )
 
 from cohort_pipeline.engines import Progress
-from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy.accounting import Spend
-from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.policy import PolicyError, load_policy
+from cohort_pipeline.privacy.guard import Admission
 from cohort_pipeline.resources import (
-    LedgerResource,
-    PipelineResource,
     WarehouseResource,
     policy_path,
     replace_partition,
@@ -49,10 +48,31 @@ class Owner:
     RANKING = "team:recsys"
 
 
+# Where the partitions start while the policy cannot be read (the sample policy's default).
+FALLBACK_PARTITIONS_START = date(2024, 1, 1)
+
+
+def partitions_start() -> date:
+    """The first release date: COHORT_PIPELINE_PARTITIONS_START, else the policy's
+    release.partitions_start. A policy that does not load must not take the code location
+    (schedule and sensors included) down with it: the partitions then start at the
+    environment's date if it is one, else FALLBACK_PARTITIONS_START, and every run fails at
+    its first step (opt_outs), whose error names the policy key at fault."""
+    try:
+        return load_policy(policy_path()).partitions_start
+    except PolicyError as exc:
+        try:
+            start = date.fromisoformat(os.environ.get("COHORT_PIPELINE_PARTITIONS_START", ""))
+        except ValueError:
+            start = FALLBACK_PARTITIONS_START
+        logging.getLogger(__name__).warning(
+            f"{exc}: every run will fail until it is fixed; partitions start at {start} meanwhile"
+        )
+        return start
+
+
 # Release dates: one partition per day from the policy's (or environment's) start date.
-DAILY = DailyPartitionsDefinition(
-    start_date=load_policy(policy_path()).partitions_start.isoformat()
-)
+DAILY = DailyPartitionsDefinition(start_date=partitions_start().isoformat())
 
 # DP assets: materialize automatically once upstream is updated, but only if every blocking
 # check upstream (budget_within_limit, min_cohort_size, ...) passed: a failed check stops
@@ -112,76 +132,6 @@ def progress_log(context, what: str, every_s: float = 5.0) -> Progress:
     return report
 
 
-def data_version_of(warehouse: WarehouseResource, table: str, release_date: str) -> str:
-    """The input data version a private table was computed from, for this release date."""
-    found = warehouse.read(
-        f"SELECT DISTINCT data_version FROM {table} WHERE release_date = ?", [release_date]
-    )
-    if found.empty:
-        raise Failure(
-            f"{table} has no rows for {release_date}: materialize its upstream assets for this date first"
-        )
-    if len(found) > 1:
-        raise Failure(f"{table} mixes data versions for {release_date}: re-materialize the release")
-    return str(found.iloc[0, 0])
-
-
-@dataclass(frozen=True)
-class Release:
-    """One measured asset's part of a release, admitted by the ledger."""
-
-    policy: Policy
-    release_date: str
-    data_version: str
-    asset: str
-    ledger_seq: int
-
-    def stamp(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.assign(
-            policy_hash=self.policy.hash, data_version=self.data_version, ledger_seq=self.ledger_seq
-        )
-
-
-def admitted_release(
-    context,
-    asset: str,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-    source: str,
-) -> Release:
-    """Refuse unless the ledger holds this release's reservation for `asset`.
-
-    Dagster's blocking checks only hold within one run, so every DP asset guards itself: a
-    launch from the UI after a failed `budget_within_limit` finds no reservation and stops.
-    """
-    policy = pipeline.policy()
-    release_date = context.partition_key
-    version = data_version_of(warehouse, source, release_date)
-    rows = ledger.ledger().reservation(release_date, policy.hash, version)
-    rows = rows[rows["asset"] == asset] if not rows.empty else rows
-    if rows.empty:
-        raise Failure(
-            f"refusing to compute {asset} for {release_date}: the privacy ledger holds no reservation "
-            f"for it (policy {policy.hash}, data version {version}). Materialize privacy_budget_ledger "
-            "for this date; its check budget_within_limit must pass."
-        )
-    reserved = rows.iloc[0]
-    drawn = mechanisms(policy)[asset]
-    if not drawn.spend.within(Spend(reserved["epsilon"], reserved["delta"], reserved["rho"])):
-        # The spend of a release is fixed when it is reserved; code that would now draw
-        # costlier noise (another version, another calibration) must not use that reservation.
-        raise Failure(
-            f"refusing to compute {asset} for {release_date}: its {drawn.name} noise would spend "
-            f"epsilon={drawn.spend.epsilon:.6g}, delta={drawn.spend.delta:.3g}, "
-            f"rho={drawn.spend.rho:.6g}, more than the ledger reserved for it (seq "
-            f"{int(reserved['seq'])}: {reserved['mechanism']}, epsilon={reserved['epsilon']:.6g}, "
-            f"delta={reserved['delta']:.3g}, rho={reserved['rho']:.6g}). Run the version of "
-            "cohort_pipeline that made the reservation; nothing was drawn."
-        )
-    return Release(policy, release_date, version, asset, int(reserved["seq"]))
-
-
 @contextmanager
 def release_lock(warehouse: WarehouseResource) -> Iterator[None]:
     """Hold the warehouse file while a DP asset checks its reservation, looks for its stored
@@ -194,38 +144,18 @@ def release_lock(warehouse: WarehouseResource) -> Iterator[None]:
         yield
 
 
-def stored_release(
-    warehouse: WarehouseResource, table: str, release: Release
-) -> pd.DataFrame | None:
-    """The values already released under this very reservation, if any (consistent releases:
-    re-running an unchanged release must return them, never fresh noise)."""
-    stored = warehouse.read(
-        f"SELECT * FROM {table} WHERE release_date = ? AND ledger_seq = ?",
-        [release.release_date, release.ledger_seq],
-    )
-    return None if stored.empty else stored.drop(columns=["release_date"])
-
-
-def released_plan(warehouse: WarehouseResource, release: Release) -> pd.DataFrame:
-    """The cohort plan (release.cohort_sizes) of the same release: same policy, same data."""
-    plan = warehouse.read(
-        "SELECT * FROM release.cohort_sizes WHERE release_date = ? AND policy_hash = ? AND data_version = ?",
-        [release.release_date, release.policy.hash, release.data_version],
-    )
-    if plan.empty:
-        raise Failure(
-            f"refusing to compute {release.asset} for {release.release_date}: release.cohort_sizes holds no "
-            "released cohorts for this release (its check min_cohort_size must pass first)"
-        )
-    return plan.drop(columns=["release_date"])
-
-
 def write_release(
-    warehouse: WarehouseResource, table: str, release: Release, frame: pd.DataFrame
+    warehouse: WarehouseResource, table: str, admission: Admission, frame: pd.DataFrame
 ) -> pd.DataFrame:
-    stamped = release.stamp(frame)
+    """Replace `table`'s rows of the date with `frame`, stamped with the reservation it was
+    drawn under (its policy hash, random reservation id and ledger seq)."""
+    stamped = frame.assign(
+        policy_hash=admission.policy_hash,
+        reservation_id=admission.reservation_id,
+        ledger_seq=admission.ledger_seq,
+    )
     with warehouse.connect() as con:
-        replace_partition(con, table, release.release_date, stamped)
+        replace_partition(con, table, admission.release_date, stamped)
     return stamped
 
 
@@ -237,7 +167,7 @@ def release_rows(warehouse: WarehouseResource, table: str, release_date: str) ->
     return rows
 
 
-def private_totals(warehouse: WarehouseResource, table: str, release: Release) -> pd.DataFrame:
+def private_totals(warehouse: WarehouseResource, table: str, release_date: str) -> pd.DataFrame:
     """One release's exact per-key sums from user_profiles (private: only a mechanism sees them).
     Empty when the window has no users: every key then sums to 0."""
-    return warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release.release_date])
+    return warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])

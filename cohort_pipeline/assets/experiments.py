@@ -3,18 +3,10 @@
 from datetime import date
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import MaterializeResult, MetadataValue
 
-from cohort_pipeline.assets.common import (
-    RELEASE,
-    Group,
-    Owner,
-    admitted_release,
-    asset_args,
-    release_lock,
-    stored_release,
-    write_release,
-)
+from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args, write_release
+from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.ranking import cohort_recommendations
 from cohort_pipeline.experiments import (
     EVAL_DAYS,
@@ -29,7 +21,7 @@ from cohort_pipeline.experiments import (
     stability_rows,
 )
 from cohort_pipeline.privacy.release import mechanisms
-from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
+from cohort_pipeline.resources import WarehouseResource
 
 TABLE = "release.experiment_results"
 
@@ -46,25 +38,23 @@ def _evaluation_inputs(warehouse: WarehouseResource, ranked: str, release_date: 
             None,
             f"no release of cohort_recommendations for {ranked} (release date - {EVAL_DAYS} days)",
         )
-    ref = recs.iloc[0]
-    match = "AND policy_hash = ? AND data_version = ?"
-    plan = _at(
-        warehouse, "release.cohort_sizes", ranked, match, (ref.policy_hash, ref.data_version)
-    )
-    popularity = _at(
-        warehouse, "release.item_popularity", ranked, "AND ledger_seq = ?", (int(ref.ledger_seq),)
-    )
-    assignments = _at(
-        warehouse, "private.cohort_assignments", ranked, "AND data_version = ?", (ref.data_version,)
-    )
-    found = {
-        "release.cohort_sizes": plan,
-        "release.item_popularity": popularity,
-        "private.cohort_assignments": assignments,
-    }
+    # Every release table of a date is drawn under one reservation: join on it. The users'
+    # cohorts of that date may be none at all (an empty window): that is data, not a reason.
+    same = ("AND reservation_id = ?", (recs["reservation_id"].iloc[0],))
+    plan = _at(warehouse, "release.cohort_sizes", ranked, *same)
+    popularity = _at(warehouse, "release.item_popularity", ranked, *same)
+    found = {"release.cohort_sizes": plan, "release.item_popularity": popularity}
     missing = [name for name, frame in found.items() if frame.empty]
     if missing:
-        return None, f"the release of {ranked} lacks {', '.join(missing)} of the same data version"
+        return None, f"the release of {ranked} lacks {', '.join(missing)} of the same reservation"
+    assignments = warehouse.read(
+        "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?",
+        [ranked],
+    )
+    if assignments.empty:
+        assignments = pd.DataFrame(
+            {"user_id": pd.Series(dtype=str), "cohort_key": pd.Series(dtype=str)}
+        )
     events = warehouse.read(
         "SELECT user_id, item_id, event_time FROM private.raw_events "
         "WHERE release_date = ? AND event_time >= ?",
@@ -95,83 +85,76 @@ def _stability(
     )
 
 
-@asset(
+def _draw_report(step: Step) -> pd.DataFrame | None:
+    mech = mechanisms(step.policy)["experiment_report"]
+    ranked = ranking_date(date.fromisoformat(step.release_date)).isoformat()
+    inputs, reason = _evaluation_inputs(step.warehouse, ranked, step.release_date)
+    if inputs is None:
+        # Nothing to evaluate (public: which releases exist) is not a failed release: say so,
+        # record nothing, draw no noise.
+        step.context.log.warning(
+            f"experiment_report {step.release_date}: nothing evaluated: {reason}"
+        )
+        return None
+    recs, plan, popularity, assignments, relevant = inputs
+    catalog_size = pd.read_csv(step.pipeline.catalog_path, dtype=str)["item_id"].nunique()
+    figures, noisy_users = experiment_results(
+        relevant, assignments, plan, recs, popularity, step.policy.top_n, catalog_size, mech
+    )
+    uplift = figures[(figures.metric == f"{HEADLINE}_uplift") & (figures.cohort_key == OVERALL)]
+    stability = _stability(
+        step.warehouse, ranked, step.release_date, float(uplift["value"].iloc[0])
+    )
+    figures = pd.concat([figures, stability])
+    figures["noisy_evaluated_users"] = noisy_users
+    figures["noise_std"] = mech.std
+    figures["ranking_release"] = date.fromisoformat(ranked)
+    return figures
+
+
+def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> MaterializeResult:
+    mech = mechanisms(step.policy)["experiment_report"]
+    ranked = ranking_date(date.fromisoformat(step.release_date)).isoformat()
+    if results is None:
+        # Which releases exist is public; the reason is found before any private row is read.
+        _, reason = _evaluation_inputs(step.warehouse, ranked, step.release_date)
+        status = (
+            f"**No experiment for {step.release_date}**: {reason}. Materialize that release "
+            "first. Nothing was recorded and no noise was drawn (this release's reserved "
+            "readout share stays unused)."
+        )
+        return MaterializeResult(
+            metadata={"status": MetadataValue.md(status), "ranking_release": ranked}
+        )
+    results = write_release(step.warehouse, TABLE, step.admission, results)
+    noise = (
+        f"Gaussian (OpenDP), std {mech.std:.4g} on each summed per-user value (L2 sensitivity "
+        f"{mech.sensitivity:g}; rho {mech.spend.rho:.4g}, epsilon {mech.spend.epsilon:.4g} "
+        f"at delta {mech.spend.delta:g})"
+    )
+    return MaterializeResult(
+        metadata={
+            "status": "released" if drawn else "returned the stored draw",
+            "ranking_release": ranked,
+            "evaluation_window": f"{ranked} (exclusive) .. {step.release_date}",
+            "noise": noise,
+            "noisy_evaluated_users": float(results["noisy_evaluated_users"].iloc[0]),
+            "report": MetadataValue.md(report_markdown(results)),
+        }
+    )
+
+
+experiment_report = dp_asset(
+    name="experiment_report",
+    measurement="experiment_report",
+    draw=_draw_report,
+    publish=_publish_report,
     **asset_args(Group.EXPERIMENTS, Owner.RANKING, RELEASE, {"duckdb", "opendp"}),
     deps=[cohort_recommendations],
     description=f"The ranking released {EVAL_DAYS} days earlier, evaluated on users' events "
     "since then (temporal split): cohort arm vs popularity arm (DP popularity of the same "
     "release): HR@10, NDCG@10, Recall@20, catalog coverage, per-cohort NDCG@10 uplift, "
     "stability. Means are DP readouts (Gaussian, share budget.split.experiment_report). "
-    "Table release.experiment_results.",
+    f"Table release.experiment_results; the draw is stored first in {draws_table('experiment_report')}, "
+    "keyed by reservation_id.",
 )
-def experiment_report(
-    context: AssetExecutionContext,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-):
-    # Held from the reservation check to the write, as every DP asset: two concurrent runs
-    # of this release draw once (release_lock).
-    with release_lock(warehouse):
-        release = admitted_release(
-            context, "experiment_report", pipeline, warehouse, ledger, "private.cohort_assignments"
-        )
-        mech = mechanisms(release.policy)["experiment_report"]
-        ranked = ranking_date(date.fromisoformat(release.release_date)).isoformat()
-        noise = (
-            f"Gaussian (OpenDP), std {mech.std:.4g} on each summed per-user value (L2 sensitivity "
-            f"{mech.sensitivity:g}; rho {mech.spend.rho:.4g}, epsilon {mech.spend.epsilon:.4g} "
-            f"at delta {mech.spend.delta:g})"
-        )
-        results = stored_release(warehouse, TABLE, release)
-        reused = results is not None
-        if not reused:
-            inputs, reason = _evaluation_inputs(warehouse, ranked, release.release_date)
-            if inputs is None:
-                # Nothing to evaluate is not a failed release: say so, record nothing, draw no noise.
-                context.log.warning(
-                    f"experiment_report {release.release_date}: nothing evaluated: {reason}"
-                )
-                status = (
-                    f"**No experiment for {release.release_date}**: {reason}. Materialize that "
-                    "release first. Nothing was recorded and no noise was drawn (this release's "
-                    "reserved readout share stays unused)."
-                )
-                return MaterializeResult(
-                    metadata={"status": MetadataValue.md(status), "ranking_release": ranked}
-                )
-            recs, plan, popularity, assignments, relevant = inputs
-            catalog_size = pd.read_csv(pipeline.catalog_path, dtype=str)["item_id"].nunique()
-            figures, noisy_users = experiment_results(
-                relevant,
-                assignments,
-                plan,
-                recs,
-                popularity,
-                release.policy.top_n,
-                catalog_size,
-                mech,
-            )
-            uplift = figures[
-                (figures.metric == f"{HEADLINE}_uplift") & (figures.cohort_key == OVERALL)
-            ]["value"]
-            figures = pd.concat(
-                [
-                    figures,
-                    _stability(warehouse, ranked, release.release_date, float(uplift.iloc[0])),
-                ]
-            )
-            figures["noisy_evaluated_users"] = noisy_users
-            figures["noise_std"] = mech.std
-            figures["ranking_release"] = date.fromisoformat(ranked)
-            results = write_release(warehouse, TABLE, release, figures)
-    return MaterializeResult(
-        metadata={
-            "status": "reused the stored release" if reused else "released",
-            "ranking_release": ranked,
-            "evaluation_window": f"{ranked} (exclusive) .. {release.release_date}",
-            "noise": noise,
-            "noisy_evaluated_users": float(results["noisy_evaluated_users"].iloc[0]),
-            "report": MetadataValue.md(report_markdown(results)),
-        }
-    )

@@ -29,7 +29,6 @@ from cohort_pipeline.assets.common import (
     Group,
     Owner,
     asset_args,
-    data_version_of,
     release_rows,
 )
 from cohort_pipeline.assets.metrics import (
@@ -40,7 +39,7 @@ from cohort_pipeline.assets.metrics import (
 from cohort_pipeline.assets.privacy import cohort_sizes, privacy_budget_ledger
 from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
 from cohort_pipeline.experiments import HEADLINE, OVERALL
-from cohort_pipeline.privacy.release import budget_cap
+from cohort_pipeline.privacy.release import budget_cap, budget_summary
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
 DRIFT_CHECK = "release_drift"
@@ -90,7 +89,7 @@ def provenance(context: AssetExecutionContext) -> pd.DataFrame:
                 "materialized_at": datetime.fromtimestamp(record.timestamp, UTC).isoformat(
                     timespec="seconds"
                 ),
-                "data_version": tags.get("dagster/data_version", ""),
+                "dagster_data_version": tags.get("dagster/data_version", ""),
                 "code_version": tags.get("dagster/code_version", ""),
             }
         )
@@ -120,15 +119,13 @@ def audit_report(
     ledger: LedgerResource,
 ):
     policy, release_date = pipeline.policy(), context.partition_key
-    version = data_version_of(warehouse, "private.cohort_assignments", release_date)
     store, cap = ledger.ledger(), budget_cap(policy)
-    measurements = store.reservation(release_date, policy.hash, version)
+    measurements = store.reservation(release_date)  # the date's current reservation
     if measurements.empty:
         raise Failure(
-            f"no ledger reservation for release {release_date} (policy {policy.hash}, "
-            f"data version {version}): nothing was released to audit"
+            f"no ledger reservation for release {release_date}: nothing was released to audit"
         )
-    summary = store.summary(cap, as_of=release_date)
+    summary = budget_summary(store, policy, as_of=release_date)
     burn = reports.burn_down(store.rows(), cap, release_date)
     chart = reports.burn_down_png(burn, cap)
     sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
@@ -156,9 +153,11 @@ def audit_report(
             "audit_report": MetadataValue.md(reports.audit_markdown(chart_src=inline, **inputs)),
             "export": MetadataValue.path(str(path)),
             "policy_hash": policy.hash,
-            "data_version": version,
+            "reservation_id": str(measurements["reservation_id"].iloc[0]),
             "git_commit": commit or "unknown",
             "epsilon_remaining": summary["epsilon_remaining"],
+            "horizon_epsilon": summary["horizon_epsilon"],
+            "yearly_epsilon": summary["yearly_epsilon"],
             "ledger_verified": summary["verified"],
         }
     )
@@ -241,7 +240,7 @@ def privacy_scorecard(
     ledger: LedgerResource,
 ):
     policy, release_date = pipeline.policy(), context.partition_key
-    summary = ledger.ledger().summary(budget_cap(policy), as_of=release_date)
+    summary = budget_summary(ledger.ledger(), policy, as_of=release_date)
     sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
     metrics = release_rows(warehouse, "release.cohort_metrics", release_date)
     affinity = release_rows(warehouse, "release.cohort_category_affinity", release_date)
@@ -260,6 +259,9 @@ def privacy_scorecard(
     privacy = {
         "epsilon_remaining": summary["epsilon_remaining"],
         "budget_used": summary["epsilon_spent"] / summary["epsilon_cap"],
+        "horizon_epsilon": summary["horizon_epsilon"],
+        "horizon_budget_used": summary["horizon_epsilon"] / summary["epsilon_horizon_cap"],
+        "yearly_epsilon": summary["yearly_epsilon"],
         "releases_on_record": len(summary["releases"]),
         "ledger_verified": summary["verified"],
         "min_noisy_size_over_k": float(sizes["noisy_users"].min()) / policy.min_size,
@@ -302,7 +304,9 @@ def privacy_scorecard(
             "previous_release": previous or "none",
             "alerts_sent": len(new),
             "scorecard": MetadataValue.md(
-                reports.scorecard_markdown(release_date, privacy, utility)
+                reports.scorecard_markdown(
+                    release_date, privacy, utility, reports.horizon_words(summary)
+                )
             ),
         },
         check_results=[

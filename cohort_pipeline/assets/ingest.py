@@ -13,8 +13,9 @@ from cohort_pipeline.assets.common import (
     private_metadata,
     progress_log,
 )
-from cohort_pipeline.ingest import COLUMNS, load_window
+from cohort_pipeline.ingest import COLUMNS, earliest_event, load_window
 from cohort_pipeline.privacy.bounding import window
+from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import (
     PipelineResource,
     WarehouseResource,
@@ -31,6 +32,8 @@ def opt_outs(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
     pipeline.policy()  # the first step: a bad policy stops the release before any data is read
+    if warning := too_open(pipeline.data_dir):
+        context.log.warning(warning)
     frame = optouts.read(pipeline.opt_outs_path)[["user_id"]]
     with warehouse.connect() as con:
         replace_partition(con, "private.opt_outs", context.partition_key, frame)
@@ -51,7 +54,6 @@ def raw_events(
     release_date = context.partition_key
     first, _, last = window(policy, date.fromisoformat(release_date))
     catalog = str(pipeline.catalog_path).replace("'", "''")
-    key = warehouse.secret("data_version")
     with warehouse.connect() as con:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE catalog AS SELECT * FROM read_csv('{catalog}', header = true, all_varchar = true)"
@@ -67,8 +69,8 @@ def raw_events(
             "current_opt_outs",
             first,
             last,
-            secret=key,
             progress=progress_log(context, "event files validated"),
+            earliest=earliest_event(policy),
         )
         context.log.info("storing the validated window in private.raw_events")
         replace_partition(
@@ -76,7 +78,6 @@ def raw_events(
             "private.raw_events",
             release_date,
             "SELECT * FROM window_events",
-            data_version=result.data_version,
         )
         # Write the window out now, so that the checkpoint at this step's close (after the
         # small writes below) is the one that vacuums (merges) its part-filled row groups;
@@ -87,20 +88,27 @@ def raw_events(
             "private.rejected_events",
             release_date,
             "SELECT * FROM window_rejected",
-            data_version=result.data_version,
         )
         replace_partition(
             con,
             "private.ingest_report",
             release_date,
-            result.report,
-            data_version=result.data_version,
+            result.report.assign(window_quarantined=result.window_quarantined),
         )
         pruned = prune_windows(con, release_date, warehouse.keep_windows)
     context.log.info(
-        f"release {release_date}: window {first}..{last}, data version {result.data_version}, "
+        f"release {release_date}: window {first}..{last}, "
         f"{len(result.report)} files read (counts in private.ingest_report)"
     )
+    if result.window_quarantined:
+        # No count and no row: where and why stay in the warehouse.
+        context.log.warning(
+            f"release {release_date}: every event read for the window {first}..{last} was "
+            "quarantined (reasons in private.rejected_events, counts in private.ingest_report). "
+            f"Events before {earliest_event(policy)} are taken for default values: for older "
+            "logs, move release.partitions_start (or COHORT_PIPELINE_PARTITIONS_START) back to "
+            "their first release date."
+        )
     if pruned:
         context.log.info(
             f"removed the validated windows of {len(pruned)} older release date(s) "
@@ -110,7 +118,6 @@ def raw_events(
     return MaterializeResult(
         metadata={
             **private_metadata("private.raw_events", COLUMNS),
-            "data_version": result.data_version,
             "window": f"{first} .. {last}",
             "files_read": len(result.report),
         },

@@ -10,68 +10,46 @@ from cohort_pipeline.assets.common import (
     RELEASE,
     Group,
     Owner,
-    admitted_release,
     asset_args,
     private_totals,
-    release_lock,
-    released_plan,
-    stored_release,
     table_preview,
     write_release,
 )
+from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.assets.privacy import cohort_sizes
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
-from cohort_pipeline.resources import (
-    LedgerResource,
-    PipelineResource,
-    WarehouseResource,
-    replace_partition,
-)
+from cohort_pipeline.resources import WarehouseResource, replace_partition
 
 DP_ASSET = dict(
     **asset_args(Group.METRICS, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
-)
-
-
-def measured(context, asset_name, table, pipeline, warehouse, ledger, source, compute):
-    """Guard, then return the stored release or compute (once) and store it."""
-    with release_lock(warehouse):
-        release = admitted_release(context, asset_name, pipeline, warehouse, ledger, source)
-        stored = stored_release(warehouse, table, release)
-        if stored is not None:
-            return release, stored, True
-        plan = released_plan(warehouse, release)
-        return release, write_release(warehouse, table, release, compute(release, plan)), False
-
-
-@asset(
-    **DP_ASSET,
     deps=[cohort_sizes, user_profiles],
-    description="DP per released cohort: users (from cohort_sizes), mean session duration, 7-day conversion "
-    "rate and sessions per user (Gaussian, zCDP), each with a 95% half-width. Table release.cohort_metrics.",
 )
-def cohort_metrics(
-    context: AssetExecutionContext,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-):
-    def compute(release, plan):
-        totals = private_totals(warehouse, "private.cohort_totals", release)
-        return release_cohort_metrics(totals, plan, release.policy)
 
-    _, metrics, reused = measured(
-        context,
-        "cohort_metrics",
-        "release.cohort_metrics",
-        pipeline,
-        warehouse,
-        ledger,
-        "private.cohort_totals",
-        compute,
+
+def released_plan(step: Step) -> pd.DataFrame:
+    """The cohort plan (release.cohort_sizes) released under the same reservation."""
+    plan = step.warehouse.read(
+        "SELECT * FROM release.cohort_sizes WHERE release_date = ? AND reservation_id = ?",
+        [step.release_date, step.admission.reservation_id],
     )
-    meta = {"reused_stored_release": reused, "noise_scale": float(metrics["noise_scale"].iloc[0])}
+    if plan.empty:
+        raise Failure(
+            f"refusing to compute {step.admission.asset} for {step.release_date}: "
+            "release.cohort_sizes holds no released cohorts under its reservation "
+            f"{step.admission.reservation_id} (its check min_cohort_size must pass first)"
+        )
+    return plan.drop(columns=["release_date"])
+
+
+def _draw_metrics(step: Step) -> pd.DataFrame:
+    totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
+    return release_cohort_metrics(totals, released_plan(step), step.policy)
+
+
+def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> MaterializeResult:
+    write_release(step.warehouse, "release.cohort_metrics", step.admission, metrics)
+    meta = {"drawn_now": drawn, "noise_scale": float(metrics["noise_scale"].iloc[0])}
     for row in metrics.itertuples():
         meta[f"conversion_rate:{row.cohort_key}"] = float(row.conversion_rate)
     for col in ("mean_session_duration_s", "conversion_rate", "sessions_per_user"):
@@ -88,39 +66,33 @@ def cohort_metrics(
     return MaterializeResult(metadata=meta)
 
 
-@asset(
+cohort_metrics = dp_asset(
+    name="cohort_metrics",
+    measurement="cohort_metrics",
+    draw=_draw_metrics,
+    publish=_publish_metrics,
     **DP_ASSET,
-    deps=[cohort_sizes, user_profiles],
-    description="DP engagement per released cohort x catalog category (each user's category vector bounded "
-    "in L2 norm, Gaussian noise under zCDP). Table release.cohort_category_affinity.",
+    description="DP per released cohort: users (from cohort_sizes), mean session duration, 7-day conversion "
+    "rate and sessions per user (Gaussian, zCDP), each with a 95% half-width. Table release.cohort_metrics; "
+    f"the draw is stored first in {draws_table('cohort_metrics')}, keyed by reservation_id.",
 )
-def cohort_category_affinity(
-    context: AssetExecutionContext,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-):
-    def compute(release, plan):
-        totals = private_totals(warehouse, "private.cohort_category_totals", release)
-        categories = sorted(
-            pd.read_csv(pipeline.catalog_path, dtype=str)["category"].dropna().unique()
-        )
-        return release_cohort_affinity(totals, plan, categories, release.policy)
 
-    _, affinity, reused = measured(
-        context,
-        "cohort_category_affinity",
-        "release.cohort_category_affinity",
-        pipeline,
-        warehouse,
-        ledger,
-        "private.cohort_category_totals",
-        compute,
+
+def _draw_affinity(step: Step) -> pd.DataFrame:
+    totals = private_totals(step.warehouse, "private.cohort_category_totals", step.release_date)
+    categories = sorted(
+        pd.read_csv(step.pipeline.catalog_path, dtype=str)["category"].dropna().unique()
     )
-    top = affinity.sort_values("share", ascending=False).groupby("cohort_key").head(3)
+    return release_cohort_affinity(totals, released_plan(step), categories, step.policy)
+
+
+def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> MaterializeResult:
+    write_release(step.warehouse, "release.cohort_category_affinity", step.admission, affinity)
+    top = affinity.sort_values(["share", "cohort_key", "category"], ascending=False)
+    top = top.groupby("cohort_key").head(3)
     return MaterializeResult(
         metadata={
-            "reused_stored_release": reused,
+            "drawn_now": drawn,
             "noise_scale": float(affinity["noise_scale"].iloc[0]),
             "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),
             "categories": int(affinity["category"].nunique()),
@@ -129,6 +101,18 @@ def cohort_category_affinity(
             ),
         }
     )
+
+
+cohort_category_affinity = dp_asset(
+    name="cohort_category_affinity",
+    measurement="cohort_category_affinity",
+    draw=_draw_affinity,
+    publish=_publish_affinity,
+    **DP_ASSET,
+    description="DP engagement per released cohort x catalog category (each user's category vector bounded "
+    "in L2 norm, Gaussian noise under zCDP). Table release.cohort_category_affinity; the draw is stored "
+    f"first in {draws_table('cohort_category_affinity')}, keyed by reservation_id.",
+)
 
 
 def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    Failure,
     MaterializeResult,
     asset,
 )
@@ -18,18 +19,20 @@ from cohort_pipeline.assets.common import (
     RELEASE,
     Group,
     Owner,
-    admitted_release,
     asset_args,
-    data_version_of,
     private_totals,
-    release_lock,
-    stored_release,
     table_preview,
     write_release,
 )
+from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
-from cohort_pipeline.privacy.release import budget_cap, planned_measurements, release_cohort_sizes
+from cohort_pipeline.privacy.release import (
+    budget_cap,
+    budget_summary,
+    planned_measurements,
+    release_cohort_sizes,
+)
 from cohort_pipeline.resources import (
     LedgerResource,
     PipelineResource,
@@ -37,8 +40,24 @@ from cohort_pipeline.resources import (
 )
 
 BUDGET_CHECK = "budget_within_limit"
+# Run tag asking for a fresh draw of a released date; its value is the operator's reason.
+REDRAW_TAG = "cohort_pipeline/redraw"
+PLAN_COLUMNS = ["asset", "mechanism", "epsilon", "delta", "rho", "sensitivity", "noise_scale"]
 MIN_SIZE_CHECK = "min_cohort_size"
-SIZE_DRAWS = "private.cohort_size_draws"
+
+
+def redraw_reason(context) -> str | None:
+    """The run's redraw request (tag cohort_pipeline/redraw), None without one."""
+    tags = context.run.tags
+    if REDRAW_TAG not in tags:
+        return None
+    reason = tags[REDRAW_TAG].strip()
+    if not reason:
+        raise Failure(
+            f"run tag {REDRAW_TAG} is empty: give the reason for redrawing this release date "
+            "as its value (it is recorded in the ledger)"
+        )
+    return reason
 
 
 @asset(
@@ -49,22 +68,27 @@ SIZE_DRAWS = "private.cohort_size_draws"
             BUDGET_CHECK,
             asset="privacy_budget_ledger",
             blocking=True,
-            description="The release's composed spend over any budget.window_days stays within budget.epsilon_cap; "
+            description="The composed spend of every budget.window_days window containing the release stays "
+            "within budget.epsilon_cap, and that of every per-user horizon (budget.horizon_days) within "
+            "budget.epsilon_horizon_cap (summed delta within budget.delta_cap under basic composition); "
             "when it would not, nothing is spent and no DP asset of the release runs.",
         ),
         *[
             AssetCheckSpec(
                 name,
                 asset="privacy_budget_ledger",
-                description=f"WARN: the window's spend is below {share:.0%} of "
-                "budget.epsilon_cap (else an alert is recorded and sent to "
+                description=f"WARN: the spend of the worst window containing the release is below "
+                f"{share:.0%} of budget.epsilon_cap (else an alert is recorded and sent to "
                 "$COHORT_PIPELINE_ALERT_WEBHOOK).",
             )
             for name, share in alerts.BUDGET_THRESHOLDS.items()
         ],
     ],
     description="Atomic reservation of this release's privacy spend in ledger.privacy_spend, recorded before "
-    "any noise is drawn. Re-running an unchanged release reuses its reservation and spends nothing.",
+    "any noise is drawn, under a random reservation_id. A date that has a reservation is final: every "
+    "later run reuses it and spends nothing, whatever the data or policy hold now. A fresh draw of the "
+    f"date happens only when the run carries the tag {REDRAW_TAG}=<reason>: a new reservation of kind "
+    "redraw, charged in full.",
 )
 def privacy_budget_ledger(
     context: AssetExecutionContext,
@@ -74,10 +98,11 @@ def privacy_budget_ledger(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    version = data_version_of(warehouse, "private.cohort_assignments", release_date)
+    redraw = redraw_reason(context)
     cap = budget_cap(policy)
     store = ledger.ledger()
     measurements = planned_measurements(policy)
+    reservation = None
     try:
         if problem := budget_problem(policy):  # no release could ever fit: leave the ledger alone
             raise BudgetExceeded(problem)
@@ -85,18 +110,20 @@ def privacy_budget_ledger(
             release_date,
             measurements,
             policy_hash=policy.hash,
-            data_version=version,
             run_id=context.run_id,
             cap=cap,
+            redraw_reason=redraw,
         )
-        passed, reason = (
-            True,
-            "reused an identical release's reservation" if reservation.reused else "reserved",
-        )
+        passed = True
+        if reservation.reused:
+            reason = f"the date's {reservation.kind} reservation is final: reused, nothing spent"
+        else:
+            reason = "reserved" if redraw is None else f"redraw reserved ({redraw})"
     except BudgetExceeded as exc:
         passed, reason = False, str(exc)
         context.log.error(f"{BUDGET_CHECK} failed for {release_date}: {reason}")
-    summary = store.summary(cap, as_of=release_date)
+    # the enforced figures (worst window and horizon containing the date), as `ledger show`
+    summary = budget_summary(store, policy, as_of=release_date)
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
     blocked = None if passed else reason
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
@@ -104,23 +131,30 @@ def privacy_budget_ledger(
         context.log.error(error)
     check_meta = {
         "epsilon_spent": spent,
+        "epsilon_remaining": remaining,
         "epsilon_cap": policy.epsilon_cap,
         "window_days": policy.window_days,
+        "horizon_epsilon": summary["horizon_epsilon"],
+        "epsilon_horizon_cap": policy.epsilon_horizon_cap,
+        "horizon_days": policy.horizon_days,
         "composition": policy.composition,
+        "accountant": summary["accountant"],
         "reason": reason,
     }
-    plan = [
-        {
-            "asset": m.asset,
-            "mechanism": m.mechanism,
-            "epsilon": m.spend.epsilon,
-            "delta": m.spend.delta,
-            "rho": m.spend.rho,
-            "sensitivity": m.sensitivity,
-            "noise_scale": m.noise_scale,
-        }
-        for m in measurements
-    ]
+    if policy.composition == "basic":
+        check_meta |= {"delta_spent": summary["delta_spent"], "delta_cap": policy.delta_cap}
+    plan = (
+        reservation.rows[PLAN_COLUMNS]
+        if reservation is not None
+        else pd.DataFrame(
+            [
+                (m.asset, m.mechanism, m.spend.epsilon, m.spend.delta, m.spend.rho)
+                + (m.sensitivity, m.noise_scale)
+                for m in measurements
+            ],
+            columns=PLAN_COLUMNS,
+        )
+    )
     return MaterializeResult(
         metadata={
             "epsilon_per_release": policy.epsilon_per_release,
@@ -128,10 +162,16 @@ def privacy_budget_ledger(
             "epsilon_spent_window": spent,
             "epsilon_remaining": remaining,
             "epsilon_cap": policy.epsilon_cap,
+            "horizon_epsilon": summary["horizon_epsilon"],
+            "epsilon_horizon_cap": policy.epsilon_horizon_cap,
+            "yearly_epsilon": summary["yearly_epsilon"],
+            "accountant": summary["accountant"],
             "policy_hash": policy.hash,
-            "data_version": version,
             "reserved": passed,
-            "measurements": table_preview(pd.DataFrame(plan), 6),
+            "reservation_id": "" if reservation is None else reservation.reservation_id,
+            "kind": "" if reservation is None else reservation.kind,
+            "redraw_reason": redraw or "",
+            "measurements": table_preview(plan, 6),
         },
         check_results=[
             AssetCheckResult(
@@ -150,7 +190,60 @@ def privacy_budget_ledger(
     )
 
 
-@asset(
+def _draw_sizes(step: Step) -> pd.DataFrame:
+    totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
+    return release_cohort_sizes(totals, step.policy)
+
+
+def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeResult:
+    # The draw is kept privately under its reservation even when the check refuses it, so a
+    # retry re-reads it instead of drawing again (no averaging).
+    policy = step.policy
+    smallest = float(sizes["noisy_users"].min())
+    passed = smallest >= policy.min_size
+    if passed:  # the checked table is stored before its check runs: store only what passes
+        write_release(step.warehouse, "release.cohort_sizes", step.admission, sizes)
+    check = AssetCheckResult(
+        check_name=MIN_SIZE_CHECK,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
+    )
+    if not passed:
+        step.context.log.error(
+            f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
+            f"{smallest:.0f} < k = {policy.min_size}; nothing released"
+        )
+        return MaterializeResult(
+            metadata={"released_cohorts": 0, "drawn_now": drawn}, check_results=[check]
+        )
+    coarsened = int((sizes["members"].str.count(";") > 0).sum())
+    return MaterializeResult(
+        metadata={
+            "released_cohorts": len(sizes),
+            "coarsened_cohorts": coarsened,
+            "min_noisy_size": smallest,
+            "noise_scale": float(sizes["noise_scale"].iloc[0]),
+            "accuracy_95": float(sizes["accuracy_95"].min()),
+            "drawn_now": drawn,
+            "reservation_id": step.admission.reservation_id,
+            **{
+                f"noisy_users:{row.cohort_key}": float(row.noisy_users)
+                for row in sizes.itertuples()
+            },
+            "cohort_sizes": table_preview(
+                sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1
+            ),
+        },
+        check_results=[check],
+    )
+
+
+cohort_sizes = dp_asset(
+    name="cohort_sizes",
+    measurement="cohort_sizes",
+    draw=_draw_sizes,
+    publish=_publish_sizes,
     **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
     deps=[privacy_budget_ledger, cohort_assignments, user_profiles],
@@ -164,61 +257,6 @@ def privacy_budget_ledger(
         )
     ],
     description="DP user counts (Laplace) over the public cohort key set, and the coarsening plan: cohorts "
-    "whose noisy size is below k are merged into their parents. Table release.cohort_sizes.",
+    "whose noisy size is below k are merged into their parents. Table release.cohort_sizes; the draw is "
+    f"stored first in {draws_table('cohort_sizes')}, keyed by reservation_id.",
 )
-def cohort_sizes(
-    context: AssetExecutionContext,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-):
-    with release_lock(warehouse):
-        release = admitted_release(
-            context, "cohort_sizes", pipeline, warehouse, ledger, "private.cohort_totals"
-        )
-        policy = release.policy
-        # Every draw is kept (privately) under its reservation, even when the check below
-        # refuses it, so a retry reuses it instead of drawing again (no averaging).
-        sizes = stored_release(warehouse, SIZE_DRAWS, release)
-        reused = sizes is not None
-        if not reused:
-            totals = private_totals(warehouse, "private.cohort_totals", release)
-            sizes = release_cohort_sizes(totals, policy)
-            write_release(warehouse, SIZE_DRAWS, release, sizes)
-        smallest = float(sizes["noisy_users"].min())
-        passed = smallest >= policy.min_size
-        if passed:
-            write_release(warehouse, "release.cohort_sizes", release, sizes)
-    check = AssetCheckResult(
-        check_name=MIN_SIZE_CHECK,
-        passed=passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"min_noisy_size": smallest, "min_size": policy.min_size},
-    )
-    if not passed:
-        context.log.error(
-            f"{MIN_SIZE_CHECK} failed: a cohort would be released with noisy size "
-            f"{smallest:.0f} < k = {policy.min_size}; nothing released"
-        )
-        return MaterializeResult(
-            metadata={"released_cohorts": 0, "reused_stored_draw": reused}, check_results=[check]
-        )
-    coarsened = int((sizes["members"].str.count(";") > 0).sum())
-    return MaterializeResult(
-        metadata={
-            "released_cohorts": len(sizes),
-            "coarsened_cohorts": coarsened,
-            "min_noisy_size": smallest,
-            "noise_scale": float(sizes["noise_scale"].iloc[0]),
-            "accuracy_95": float(sizes["accuracy_95"].min()),
-            "reused_stored_release": reused,
-            **{
-                f"noisy_users:{row.cohort_key}": float(row.noisy_users)
-                for row in sizes.itertuples()
-            },
-            "cohort_sizes": table_preview(
-                sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1
-            ),
-        },
-        check_results=[check],
-    )

@@ -23,7 +23,8 @@ from cohort_pipeline.assets.common import (
     table_preview,
     write_release,
 )
-from cohort_pipeline.assets.metrics import cohort_category_affinity, measured
+from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.assets.metrics import cohort_category_affinity
 from cohort_pipeline.assets.privacy import cohort_sizes
 from cohort_pipeline.privacy.release import release_item_popularity
 from cohort_pipeline.ranking import (
@@ -33,12 +34,7 @@ from cohort_pipeline.ranking import (
 from cohort_pipeline.ranking import (
     ranking_weights as compute_weights,
 )
-from cohort_pipeline.resources import (
-    LedgerResource,
-    PipelineResource,
-    WarehouseResource,
-    replace_partition,
-)
+from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
 
 CHANGE_CHECK = "weight_change_within_limit"
 FLOOR_CHECK = "fairness_floor_met"
@@ -118,46 +114,27 @@ def ranking_weights(
     )
 
 
-@asset(
-    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
-    automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[ranking_weights],
-    description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "
-    "Table release.cohort_recommendations, exported to exports/<date>/cohort_recommendations.csv.",
-)
-def cohort_recommendations(
-    context: AssetExecutionContext,
-    pipeline: PipelineResource,
-    warehouse: WarehouseResource,
-    ledger: LedgerResource,
-):
-    policy = pipeline.policy()
-    release_date = context.partition_key
+def _draw_popularity(step: Step) -> pd.DataFrame:
+    items = private_totals(step.warehouse, "private.item_totals", step.release_date)
+    return release_item_popularity(items, _catalog(step), step.policy)
 
-    def compute(release, plan):
-        weights = release_rows(warehouse, "release.ranking_weights", release_date)
-        items = private_totals(warehouse, "private.item_totals", release)
-        catalog = pd.read_csv(pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
-        popularity = release_item_popularity(items, catalog, release.policy)
-        # Stored for experiment_report's popularity arm: same window, same budget.
-        write_release(warehouse, "release.item_popularity", release, popularity)
-        return recommendations(weights, popularity, policy.top_n)
 
-    _, recs, reused = measured(
-        context,
-        "cohort_recommendations",
-        "release.cohort_recommendations",
-        pipeline,
-        warehouse,
-        ledger,
-        "private.item_totals",
-        compute,
-    )
-    path = pipeline.exports_dir(release_date) / "cohort_recommendations.csv"
+def _catalog(step: Step) -> pd.DataFrame:
+    return pd.read_csv(step.pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
+
+
+def _publish_recommendations(step: Step, popularity: pd.DataFrame, drawn: bool):
+    # Both tables are post-processing of the stored popularity draw: writing them again on a
+    # retry (after a failure between them) releases nothing new.
+    write_release(step.warehouse, "release.item_popularity", step.admission, popularity)
+    weights = release_rows(step.warehouse, "release.ranking_weights", step.release_date)
+    recs = recommendations(weights, popularity, step.policy.top_n)
+    recs = write_release(step.warehouse, "release.cohort_recommendations", step.admission, recs)
+    path = step.pipeline.exports_dir(step.release_date) / "cohort_recommendations.csv"
     recs[["cohort_key", "rank", "item_id", "category", "score"]].to_csv(path, index=False)
     return MaterializeResult(
         metadata={
-            "reused_stored_release": reused,
+            "drawn_now": drawn,
             "export": MetadataValue.path(str(path)),
             "cohorts": int(recs["cohort_key"].nunique()),
             "distinct_items": int(recs["item_id"].nunique()),
@@ -166,3 +143,18 @@ def cohort_recommendations(
             ),
         }
     )
+
+
+cohort_recommendations = dp_asset(
+    name="cohort_recommendations",
+    measurement="item_popularity",
+    draw=_draw_popularity,
+    publish=_publish_recommendations,
+    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
+    automation_condition=AFTER_BLOCKING_CHECKS,
+    deps=[ranking_weights],
+    description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "
+    f"The popularity draw is stored first in {draws_table('item_popularity')}, keyed by reservation_id; "
+    "tables release.item_popularity and release.cohort_recommendations are computed from it, and "
+    "exported to exports/<date>/cohort_recommendations.csv.",
+)

@@ -11,8 +11,16 @@ the main schema (so `ATTACH 'ledger.duckdb'` names them `ledger.privacy_spend`):
 - `ledger_head`: the last seq and its row_hash, written in the same transaction as the rows,
   because a chain alone cannot reveal a truncated tail.
 
-`Ledger.reserve` is the admission decision: in one transaction it verifies the chain, reuses an
-identical earlier reservation, or checks the cap and appends. DuckDB lets one process at a time
+Every reservation has a random `reservation_id` (nothing derived from the data is recorded) and
+a `kind`: `release` (the first reservation of a date) or `redraw` (an operator's explicit
+request, with its `reason`). A date that has a reservation is final: `Ledger.reserve` returns
+it, spending nothing, whatever the data holds now; only a redraw appends a new one, charged in
+full. The current reservation of a date is its latest (highest seq).
+
+`Ledger.reserve` is the admission decision: in one transaction it verifies the chain, reuses the
+date's reservation, or checks the caps (`BudgetCap`: every cap window and per-user horizon span
+containing the date, composed by the policy's accountant, recorded per row in `accountant`) and
+appends. DuckDB lets one process at a time
 open the file read-write, so that transaction is atomic across processes; connections are
 short-lived so other processes (sensors, the CLI, parallel steps) get their turn.
 """
@@ -24,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +43,9 @@ import duckdb
 import pandas as pd
 
 from cohort_pipeline.privacy.accounting import (
+    ACCOUNTANTS,
     COMPOSITIONS,
+    Charge,
     Spend,
     compose,
     worst_window_spend,
@@ -55,14 +66,27 @@ COLUMNS = (
     "sensitivity",
     "noise_scale",
     "policy_hash",
-    "data_version",
+    "reservation_id",
+    "kind",
+    "reason",
     "run_id",
+    "accountant",
     "recorded_at",
     "prev_hash",
     "row_hash",
 )
 _FLOATS = ("epsilon", "delta", "rho", "sensitivity", "noise_scale")
-_STRINGS = ("asset", "mechanism", "policy_hash", "data_version", "run_id")
+_STRINGS = (
+    "asset",
+    "mechanism",
+    "policy_hash",
+    "reservation_id",
+    "kind",
+    "reason",
+    "run_id",
+    "accountant",
+)
+KINDS = ("release", "redraw")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_spend (
@@ -76,8 +100,11 @@ CREATE TABLE IF NOT EXISTS privacy_spend (
     sensitivity DOUBLE NOT NULL,
     noise_scale DOUBLE NOT NULL,
     policy_hash VARCHAR NOT NULL,
-    data_version VARCHAR NOT NULL,
+    reservation_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL,
+    accountant VARCHAR NOT NULL,
     recorded_at TIMESTAMPTZ NOT NULL,
     prev_hash VARCHAR NOT NULL,
     row_hash VARCHAR NOT NULL
@@ -91,7 +118,8 @@ CREATE TABLE IF NOT EXISTS ledger_head (
 # recorded_at is read as epoch microseconds so hashing never depends on the session time zone.
 _SELECT_FOR_HASH = (
     "SELECT seq, release_date, asset, mechanism, epsilon, delta, rho, sensitivity, noise_scale,"
-    " policy_hash, data_version, run_id, epoch_us(recorded_at), prev_hash, row_hash"
+    " policy_hash, reservation_id, kind, reason, run_id, accountant, epoch_us(recorded_at),"
+    " prev_hash, row_hash"
     " FROM privacy_spend ORDER BY seq"
 )
 
@@ -119,28 +147,96 @@ class Measurement:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{self.asset}: {name} must be finite and >= 0, got {value}")
 
+    @property
+    def charge(self) -> Charge:
+        return Charge.of(self.mechanism, self.spend, self.sensitivity, self.noise_scale)
+
 
 @dataclass(frozen=True)
 class BudgetCap:
+    """The caps `reserve` enforces (policy keys `budget.*`). Composed figures are stated at
+    `delta`; under basic composition deltas add up and `delta_cap` bounds their sum.
+
+    A user active every day of `horizon_days` is in every release whose window of
+    `lookback_days` overlaps them: a span of horizon_days + lookback_days - 1 release dates.
+    The defaults leave the horizon and delta caps open (for tests of the window alone);
+    `release.budget_cap(policy)` sets every field."""
+
     epsilon_cap: float
     window_days: int
     delta: float
     composition: str  # "zcdp" | "basic"
+    epsilon_horizon_cap: float = math.inf
+    horizon_days: int = 365
+    lookback_days: int = 1
+    delta_cap: float = 1.0
 
     def __post_init__(self) -> None:
         if self.composition not in COMPOSITIONS:
             raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
         if not self.epsilon_cap > 0 or self.window_days < 1 or not 0 < self.delta < 1:
             raise ValueError(f"need epsilon_cap > 0, window_days >= 1, 0 < delta < 1: {self}")
+        if not self.epsilon_horizon_cap > 0 or self.horizon_days < 1 or self.lookback_days < 1:
+            raise ValueError(
+                f"need epsilon_horizon_cap > 0, horizon_days >= 1, lookback_days >= 1: {self}"
+            )
+        if not self.delta <= self.delta_cap <= 1:
+            raise ValueError(f"need delta <= delta_cap <= 1: {self}")
+
+    @property
+    def horizon_span(self) -> int:
+        return self.horizon_days + self.lookback_days - 1
+
+    @property
+    def accountant(self) -> str:
+        """Which accountant (and version) composes spends under this cap."""
+        return ACCOUNTANTS[self.composition]
+
+
+@dataclass(frozen=True)
+class Enforced:
+    """The composed figures the caps bound around one release date: the worst cap window and
+    the worst horizon span containing it (the figures every report shows)."""
+
+    epsilon: float
+    delta: float
+    horizon_epsilon: float
+    horizon_delta: float
+
+    @classmethod
+    def around(cls, charges: list[tuple[date, Charge]], cap: BudgetCap, day: date) -> Enforced:
+        window = worst_window_spend(charges, cap.window_days, cap.composition, cap.delta, day)
+        horizon = worst_window_spend(charges, cap.horizon_span, cap.composition, cap.delta, day)
+        return cls(*window, *horizon)
+
+    def breaches(self, cap: BudgetCap, day: date) -> list[str]:
+        """Each cap this exceeds, in words naming its policy key; [] when within every cap."""
+        window = f"the worst {cap.window_days}-day window containing {day.isoformat()}"
+        horizon = (
+            f"the worst {cap.horizon_span}-date horizon span containing {day.isoformat()}"
+            f" (a user active every day of {cap.horizon_days} days)"
+        )
+        checks = [
+            (window, "epsilon", self.epsilon, cap.epsilon_cap, "budget.epsilon_cap"),
+            (horizon, "epsilon", self.horizon_epsilon, cap.epsilon_horizon_cap,
+             "budget.epsilon_horizon_cap"),
+            (window, "delta", self.delta, cap.delta_cap, "budget.delta_cap"),
+            (horizon, "delta", self.horizon_delta, cap.delta_cap, "budget.delta_cap"),
+        ]  # fmt: skip
+        return [
+            f"{where} would reach {what} {value:.6g} > cap {limit:.6g} (`{key}`)"
+            for where, what, value, limit, key in checks
+            if value > limit * (1 + TOLERANCE) + TOLERANCE
+        ]
 
 
 @dataclass(frozen=True)
 class Reservation:
     release_date: date
-    policy_hash: str
-    data_version: str
-    rows: pd.DataFrame  # the ledger rows of this release, one per measurement
-    reused: bool  # True: an identical release was already reserved; nothing spent now
+    reservation_id: str  # random (secrets.token_hex(16)): nothing derived from the data
+    kind: str  # "release" | "redraw"
+    rows: pd.DataFrame  # the ledger rows of this reservation, one per measurement
+    reused: bool  # True: the date's reservation already existed; nothing spent now
     epsilon_spent: float  # composed spend of the worst window containing release_date, after
     epsilon_cap: float
 
@@ -151,6 +247,10 @@ class BudgetExceeded(Exception):
 
 class LedgerCorrupt(Exception):
     """Chain verification failed; the ledger refuses to spend."""
+
+
+class LedgerSchemaError(Exception):
+    """The ledger file was written by an incompatible version; it is refused, not migrated."""
 
 
 class LedgerBusy(FileBusy):
@@ -215,14 +315,10 @@ def _check_chain(records: list[tuple], head: list[tuple]) -> list[str]:
     return problems
 
 
-def _spends(records: list[tuple]) -> list[tuple[date, Spend]]:
-    # positions follow _SELECT_FOR_HASH: release_date, epsilon, delta, rho
-    return [(r[1], Spend(epsilon=r[4], delta=r[5], rho=r[6])) for r in records]
-
-
-def _worst_window(spends: list[tuple[date, Spend]], cap: BudgetCap, around: date) -> float:
-    """The composed epsilon of the worst cap window containing `around`."""
-    return worst_window_spend(spends, cap.window_days, cap.composition, cap.delta, around)[0]
+def _charges(records: list[tuple]) -> list[tuple[date, Charge]]:
+    # positions follow _SELECT_FOR_HASH: release_date, mechanism, epsilon, delta, rho,
+    # sensitivity, noise_scale
+    return [(r[1], Charge.of(r[3], Spend(r[4], r[5], r[6]), r[7], r[8])) for r in records]
 
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -258,6 +354,7 @@ class Ledger:
             remaining = max(0.0, deadline - time.monotonic())
             con = connect_with_retry(self.path, remaining, "ledger", LedgerBusy)
             try:
+                self._check_schema(con)  # before _SCHEMA: an old file is left as it is
                 con.execute(_SCHEMA)
                 return work(con)
             finally:
@@ -284,6 +381,23 @@ class Ledger:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(leftover)
 
+    def _check_schema(self, con) -> None:
+        found = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'main' AND table_name = 'privacy_spend'"
+            ).fetchall()
+        }
+        missing = [c for c in COLUMNS if c not in found]
+        if found and missing:
+            raise LedgerSchemaError(
+                f"ledger {self.path}: table privacy_spend lacks column(s) {', '.join(missing)}"
+                " (written by an older cohort_pipeline, which keyed reservations by a data"
+                " version). It is not migrated: keep it as the record of past spend and point"
+                " the pipeline at a new ledger file."
+            )
+
     @staticmethod
     def _read_chain(con) -> tuple[list[tuple], list[tuple]]:
         records = con.execute(_SELECT_FOR_HASH).fetchall()
@@ -303,49 +417,58 @@ class Ledger:
         measurements: list[Measurement],
         *,
         policy_hash: str,
-        data_version: str,
         run_id: str,
         cap: BudgetCap,
+        redraw_reason: str | None = None,
     ) -> Reservation:
         """Atomically check the cap and record the spend of one release, before any noise.
 
-        Reuses (spending nothing) an earlier reservation of the same release_date,
-        policy_hash and data_version. Raises LedgerCorrupt on a tampered ledger and
-        BudgetExceeded when some window containing release_date would exceed the cap;
-        in both cases nothing is written."""
+        A date that has a reservation is final: without `redraw_reason` its current (latest)
+        reservation is returned and nothing is spent, whatever the policy or data hold now.
+        With `redraw_reason` (an operator's explicit request) a new reservation of kind
+        `redraw` is appended and charged in full; a retry of the same run reuses it. Raises
+        LedgerCorrupt on a tampered ledger and BudgetExceeded when some cap window or horizon
+        span containing release_date would exceed its cap (epsilon, or summed delta under
+        basic composition); in both cases nothing is written."""
         release_date = _as_date(release_date)
         measurements = list(measurements)
         if not measurements:
             raise ValueError("a reservation needs at least one measurement")
-        key = [release_date, policy_hash, data_version]
-        where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
+        if redraw_reason is not None and not redraw_reason.strip():
+            raise ValueError("a redraw needs a reason (the operator's, non-empty)")
 
         def decide(con) -> Reservation:
             records = self._require_verified(con)
-            spends = _spends(records)
-            existing = self._rows_df(con, where, key)
-            if len(existing):  # consistent releases: an unchanged release spends nothing
-                epsilon = _worst_window(spends, cap, release_date)
-                return Reservation(*key, existing, True, epsilon, cap.epsilon_cap)
+            charges = _charges(records)
+            existing = self._current(con, release_date)
+            if len(existing) and (
+                redraw_reason is None
+                or (existing["kind"].iloc[0] == "redraw" and existing["run_id"].iloc[0] == run_id)
+            ):
+                epsilon = Enforced.around(charges, cap, release_date).epsilon
+                return self._reservation(existing, True, epsilon, cap)
 
-            before = _worst_window(spends, cap, release_date)
-            new = [(release_date, m.spend) for m in measurements]
-            epsilon = _worst_window(spends + new, cap, release_date)
-            requested, _ = compose([m.spend for m in measurements], cap.composition, cap.delta)
-            window = (
-                f"{cap.window_days}-day windows containing {release_date.isoformat()}"
-                f" ({cap.composition} composition)"
-            )
-            if epsilon > cap.epsilon_cap + TOLERANCE:
+            new = [(release_date, m.charge) for m in measurements]
+            after = Enforced.around(charges + new, cap, release_date)
+            what = "redraw of" if redraw_reason is not None else "release"
+            if breaches := after.breaches(cap, release_date):
+                before = Enforced.around(charges, cap, release_date)
+                requested, _ = compose([c for _, c in new], cap.composition, cap.delta)
                 raise BudgetExceeded(
-                    f"release {release_date.isoformat()} requests epsilon {requested:.6g};"
-                    f" already spent {before:.6g} in the worst of the {window}; with it"
-                    f" {epsilon:.6g} > cap {cap.epsilon_cap:.6g}. Nothing was recorded."
+                    f"{what} {release_date.isoformat()} requests epsilon {requested:.6g}"
+                    f" ({cap.accountant}); already spent {before.epsilon:.6g} in the worst"
+                    f" {cap.window_days}-day window and {before.horizon_epsilon:.6g} in the worst"
+                    f" horizon span containing it; with it {'; '.join(breaches)}."
+                    " Nothing was recorded."
                 )
-            self._append(con, records, release_date, measurements, key, run_id)
-            return Reservation(
-                *key, self._rows_df(con, where, key), False, epsilon, cap.epsilon_cap
-            )
+            reservation_id = secrets.token_hex(16)
+            kind, reason = ("release", "") if redraw_reason is None else ("redraw", redraw_reason)
+            self._append(
+                con, records, release_date, measurements, policy_hash, reservation_id, kind,
+                reason, run_id, cap.accountant,
+            )  # fmt: skip
+            rows = self._rows_df(con, "WHERE reservation_id = ?", [reservation_id])
+            return self._reservation(rows, False, after.epsilon, cap)
 
         def work(con) -> Reservation:
             con.execute("BEGIN TRANSACTION")
@@ -361,8 +484,40 @@ class Ledger:
         return self._run(work, create=True)
 
     @staticmethod
-    def _append(con, records, release_date, measurements, key, run_id):
-        _, policy_hash, data_version = key
+    def _reservation(rows: pd.DataFrame, reused: bool, epsilon: float, cap: BudgetCap):
+        first = rows.iloc[0]
+        return Reservation(
+            pd.Timestamp(first["release_date"]).date(),
+            str(first["reservation_id"]),
+            str(first["kind"]),
+            rows,
+            reused,
+            epsilon,
+            cap.epsilon_cap,
+        )
+
+    def _current(self, con, release_date: date) -> pd.DataFrame:
+        """The rows of the date's latest reservation (empty if it has none)."""
+        return self._rows_df(
+            con,
+            "WHERE reservation_id = (SELECT reservation_id FROM privacy_spend"
+            " WHERE release_date = ? ORDER BY seq DESC LIMIT 1)",
+            [release_date],
+        )
+
+    @staticmethod
+    def _append(
+        con,
+        records,
+        release_date,
+        measurements,
+        policy_hash,
+        reservation_id,
+        kind,
+        reason,
+        run_id,
+        accountant,
+    ):
         prev_seq, prev_hash = (records[-1][0], records[-1][-1]) if records else (0, GENESIS_HASH)
         now = datetime.now(UTC)
         recorded_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
@@ -379,8 +534,11 @@ class Ledger:
                 "sensitivity": float(m.sensitivity),
                 "noise_scale": float(m.noise_scale),
                 "policy_hash": str(policy_hash),
-                "data_version": str(data_version),
+                "reservation_id": reservation_id,
+                "kind": kind,
+                "reason": str(reason),
                 "run_id": str(run_id),
+                "accountant": accountant,
                 "recorded_at": recorded_us,
             }
             this_hash = row_hash(prev_hash, row)
@@ -396,21 +554,18 @@ class Ledger:
         last_seq = prev_seq + len(measurements)
         con.execute("INSERT INTO ledger_head VALUES (?, ?)", [last_seq, prev_hash])
 
-    def reservation(
-        self, release_date: date | str, policy_hash: str, data_version: str
-    ) -> pd.DataFrame:
-        """The ledger rows of one release (empty if it was never reserved).
+    def reservation(self, release_date: date | str) -> pd.DataFrame:
+        """The ledger rows of the date's current (latest) reservation; empty if it has none.
 
         DP assets draw noise on the strength of these rows, so a ledger that fails
         verification raises LedgerCorrupt here too: a forged or edited row admits nothing."""
-        key = [_as_date(release_date), policy_hash, data_version]
-        where = "WHERE release_date = ? AND policy_hash = ? AND data_version = ?"
+        day = _as_date(release_date)
 
         def work(con) -> pd.DataFrame:
             if con is None:
                 return self._empty()
             self._require_verified(con)
-            return self._rows_df(con, where, key)
+            return self._current(con, day)
 
         return self._run(work, create=False)
 
@@ -438,54 +593,64 @@ class Ledger:
         )
 
     def summary(self, cap: BudgetCap, as_of: date | str | None = None) -> dict:
-        """JSON-serialisable budget status: spend in the window ending at as_of, and releases."""
+        """JSON-serialisable budget status as of a date (default: the latest release date):
+        the enforced figures (the worst cap window and horizon span containing as_of, what
+        `reserve` bounds), and every release."""
 
         def work(con):
             return ([], []) if con is None else self._read_chain(con)
 
         records, head = self._run(work, create=False)
-        spends = _spends(records)
+        charges = _charges(records)
         if as_of is not None:
             as_of = _as_date(as_of)
-        elif spends:
-            as_of = max(d for d, _ in spends)
-        if as_of is None:
-            epsilon = delta = 0.0
-        else:
-            start = as_of - timedelta(days=cap.window_days - 1)
-            window = [s for d, s in spends if start <= d <= as_of]
-            epsilon, delta = compose(window, cap.composition, cap.delta)
+        elif charges:
+            as_of = max(d for d, _ in charges)
+        figures = Enforced(0.0, 0.0, 0.0, 0.0)
+        if as_of is not None:
+            figures = Enforced.around(charges, cap, as_of)
 
         groups: dict[tuple, list[tuple]] = {}
         for rec in records:  # dicts keep first-seen (seq) order
-            groups.setdefault((rec[1], rec[9], rec[10]), []).append(rec)
+            groups.setdefault(rec[10], []).append(rec)  # by reservation_id
         releases = []
-        for (day, policy_hash, data_version), recs in groups.items():
-            rel_eps, rel_delta = compose([s for _, s in _spends(recs)], cap.composition, cap.delta)
+        for reservation_id, recs in groups.items():
+            composed = compose([c for _, c in _charges(recs)], cap.composition, cap.delta)
             releases.append(
                 {
-                    "release_date": day.isoformat(),
-                    "epsilon": rel_eps,
-                    "delta": rel_delta,
+                    "release_date": recs[0][1].isoformat(),
+                    "epsilon": composed[0],
+                    "delta": composed[1],
                     "rho": sum(r[6] for r in recs),
                     "measurements": len(recs),
-                    "policy_hash": policy_hash,
-                    "data_version": data_version,
-                    "run_id": recs[0][11],
+                    "policy_hash": recs[0][9],
+                    "reservation_id": reservation_id,
+                    "kind": recs[0][11],
+                    "reason": recs[0][12],
+                    "run_id": recs[0][13],
+                    "accountant": recs[0][14],
                     "first_seq": recs[0][0],
                 }
             )
         problems = _check_chain(records, head)
         return {
             "ledger": self.path,
-            "epsilon_cap": cap.epsilon_cap,
-            "window_days": cap.window_days,
+            "accountant": cap.accountant,
             "composition": cap.composition,
             "delta": cap.delta,
+            "delta_cap": cap.delta_cap,
             "as_of": None if as_of is None else as_of.isoformat(),
-            "epsilon_spent": epsilon,
-            "delta_spent": delta,
-            "epsilon_remaining": max(0.0, cap.epsilon_cap - epsilon),
+            "epsilon_cap": cap.epsilon_cap,
+            "window_days": cap.window_days,
+            "epsilon_spent": figures.epsilon,
+            "delta_spent": figures.delta,
+            "epsilon_remaining": max(0.0, cap.epsilon_cap - figures.epsilon),
+            "epsilon_horizon_cap": cap.epsilon_horizon_cap,
+            "horizon_days": cap.horizon_days,
+            "horizon_span_days": cap.horizon_span,
+            "horizon_epsilon": figures.horizon_epsilon,
+            "horizon_delta": figures.horizon_delta,
+            "horizon_remaining": max(0.0, cap.epsilon_horizon_cap - figures.horizon_epsilon),
             "rows": len(records),
             "verified": not problems,
             "problems": problems,

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from cohort_pipeline.policy import ALL, Policy
-from cohort_pipeline.privacy.accounting import rho_from_epsilon
-from cohort_pipeline.privacy.ledger import BudgetCap, Measurement
+from cohort_pipeline.privacy.accounting import compose, rho_from_epsilon
+from cohort_pipeline.privacy.ledger import BudgetCap, Ledger, Measurement
 from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace, ratio_accuracy95
 
 METRIC_COLUMNS = ("mean_duration_s", "converted", "sessions")  # per-user, bounded in bounding.py
@@ -317,8 +317,43 @@ def release_item_popularity(
     return out
 
 
+YEAR_DAYS = 365
+
+
 def budget_cap(policy: Policy) -> BudgetCap:
-    return BudgetCap(policy.epsilon_cap, policy.window_days, policy.delta, policy.composition)
+    return BudgetCap(
+        policy.epsilon_cap,
+        policy.window_days,
+        policy.delta,
+        policy.composition,
+        epsilon_horizon_cap=policy.epsilon_horizon_cap,
+        horizon_days=policy.horizon_days,
+        lookback_days=policy.lookback_days,
+        delta_cap=policy.delta_cap,
+    )
+
+
+def release_spend(policy: Policy, releases: int = 1) -> tuple[float, float]:
+    """The composed (epsilon, delta) of `releases` releases of this policy, as the ledger's
+    accountant composes them."""
+    charges = [m.charge for m in planned_measurements(policy)] * releases
+    return compose(charges, policy.composition, policy.delta)
+
+
+def yearly_spend(policy: Policy) -> tuple[float, float]:
+    """Projected before any spend: the loss of a user active every day of a year if this
+    policy releases daily. Each active day is in `lookback_days` releases, so that user is in
+    YEAR_DAYS + lookback_days - 1 of them."""
+    return release_spend(policy, YEAR_DAYS + policy.lookback_days - 1)
+
+
+def budget_summary(ledger: Ledger, policy: Policy, as_of=None) -> dict:
+    """Ledger.summary under the policy's caps (the enforced figures) with the yearly
+    projection: the one source of the budget figures the CLI, the ledger asset, the audit
+    report and the scorecard show."""
+    summary = ledger.summary(budget_cap(policy), as_of=as_of)
+    summary["yearly_epsilon"], summary["yearly_delta"] = yearly_spend(policy)
+    return summary
 
 
 def planned_measurements(policy: Policy) -> list[Measurement]:
