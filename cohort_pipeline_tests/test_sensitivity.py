@@ -28,7 +28,7 @@ from cohort_pipeline.experiments import METRICS, release_readouts
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
 from cohort_pipeline.privacy import release_cohort_metrics, release_cohort_sizes
 from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql, window
-from cohort_pipeline.privacy.mechanisms import Mechanism
+from cohort_pipeline.privacy.end_to_end_audit import Recorder
 from cohort_pipeline.privacy.release import (
     mechanisms,
     release_cohort_affinity,
@@ -63,23 +63,6 @@ SQL_BOUNDED = (
     "cohort_category_affinity",
     "cohort_recommendations",
 )
-
-
-class Recorder:
-    """Stands in for a mechanism: no noise, returns its input and keeps a copy of it."""
-
-    def __init__(self, real: Mechanism):
-        self.name, self.sensitivity = real.name, real.sensitivity
-        self.scale, self.std, self.accuracy95 = real.scale, real.std, real.accuracy95
-        self.inputs: list[np.ndarray] = []
-
-    def __call__(self, values) -> np.ndarray:
-        exact = np.asarray(values, dtype=float).copy()
-        self.inputs.append(exact)
-        return exact
-
-    def norm(self, diff: np.ndarray) -> float:
-        return float(np.abs(diff).sum() if self.name == "laplace" else math.sqrt((diff**2).sum()))
 
 
 durations = st.one_of(

@@ -1,4 +1,9 @@
-"""Empirical DP audit of the release mechanisms (Jagielski, Ullman & Oprea 2020 style).
+"""Noise-calibration check of the release mechanisms (Jagielski, Ullman & Oprea 2020 style).
+
+It checks that each OpenDP measurement, fed its *claimed* sensitivity, noises as much as its
+claimed cost requires; it takes the sensitivity on trust. That the pipeline's real vectors
+move by no more than it is checked by test_sensitivity.py and, end to end from events to
+released values, by `privacy.end_to_end_audit` (which reuses the bounds below).
 
 For each mechanism of `release.mechanisms(policy)`, with its real calibrated scale:
 
@@ -23,8 +28,8 @@ For each mechanism of `release.mechanisms(policy)`, with its real calibrated sca
      sharper test for zCDP claims, whose (epsilon, delta) conversion is loose.
 
 A lower bound above its claim means the claim is false (with confidence 1 - alpha):
-`python -m cohort_pipeline.privacy.audit` exits 1. `--with-broken` adds a half-noise twin of
-every mechanism, which the audit must flag (else it exits 1 too). No noise here reaches a
+`python -m cohort_pipeline.privacy.calibration` exits 1. `--with-broken` adds a half-noise twin of
+every mechanism, which the check must flag (else it exits 1 too). No noise here reaches a
 release.
 """
 
@@ -53,7 +58,7 @@ _Z_SELECT = 1.96  # Wilson slack used only to rank candidate thresholds
 
 
 @dataclass(frozen=True)
-class AuditResult:
+class CalibrationResult:
     mechanism: str  # the measured asset (or a test's label)
     kind: str  # laplace | gaussian
     sensitivity: float
@@ -172,7 +177,7 @@ def _select_threshold(d: np.ndarray, d1: np.ndarray, delta: float, which: str) -
     return float(thresholds[int(np.argmax(score))])
 
 
-def audit_outputs(
+def lower_bounds(
     d: np.ndarray, d1: np.ndarray, delta: float, alpha: float = ALPHA
 ) -> tuple[float, float]:
     """(epsilon lower bound, rho lower bound) from outputs on D and D' (equal lengths):
@@ -195,14 +200,16 @@ def audit_outputs(
     return bounds[0], bounds[1]
 
 
-def audit_mechanism(name: str, mech: Mechanism, trials: int, alpha: float = ALPHA) -> AuditResult:
+def check_mechanism(
+    name: str, mech: Mechanism, trials: int, alpha: float = ALPHA
+) -> CalibrationResult:
     """Run `mech` `trials` times on D (value 0) and on D' (value `sensitivity`), attack it
     and bound its privacy from below. Note the split: half the runs pick the threshold."""
     start = time.perf_counter()
     d = mech(np.zeros(trials))
     d1 = mech(np.full(trials, mech.sensitivity))
-    eps_lb, rho_lb = audit_outputs(d, d1, mech.spend.delta, alpha)
-    return AuditResult(
+    eps_lb, rho_lb = lower_bounds(d, d1, mech.spend.delta, alpha)
+    return CalibrationResult(
         mechanism=name,
         kind=mech.name,
         sensitivity=mech.sensitivity,
@@ -219,7 +226,7 @@ def audit_mechanism(name: str, mech: Mechanism, trials: int, alpha: float = ALPH
 
 def half_noise(honest: Mechanism) -> Mechanism:
     """A deliberately broken mechanism: half the noise scale, still claiming the honest
-    spend (what a sensitivity under-counted by 2x looks like). The audit must flag it."""
+    spend (what a sensitivity under-counted by 2x looks like). The check must flag it."""
     if honest.name == "laplace":
         noisier = laplace(honest.sensitivity, 2 * honest.spend.epsilon)
     else:
@@ -230,31 +237,31 @@ def half_noise(honest: Mechanism) -> Mechanism:
 BROKEN = "broken (half noise): "  # label prefix of a half_noise mechanism's result
 
 
-def _audit_policy_mechanism(
+def _check_policy_mechanism(
     policy: Policy, name: str, trials: int, alpha: float, broken: bool
-) -> AuditResult:
+) -> CalibrationResult:
     # Runs in a worker process: OpenDP measurements do not pickle, the policy does.
     mech = mechanisms(policy)[name]
     if broken:
-        return audit_mechanism(BROKEN + name, half_noise(mech), trials, alpha)
-    return audit_mechanism(name, mech, trials, alpha)
+        return check_mechanism(BROKEN + name, half_noise(mech), trials, alpha)
+    return check_mechanism(name, mech, trials, alpha)
 
 
-def audit_policy(
+def check_policy(
     policy: Policy, trials: int, alpha: float = ALPHA, workers: int = 1, with_broken: bool = False
-) -> list[AuditResult]:
-    """Audit every release mechanism of `policy` (and, with_broken, a half-noise twin of
+) -> list[CalibrationResult]:
+    """Check every release mechanism of `policy` (and, with_broken, a half-noise twin of
     each, which must fail), in `workers` processes."""
     jobs = [(n, False) for n in mechanisms(policy)]
     jobs += [(n, True) for n, _ in jobs] if with_broken else []
     if workers <= 1:
-        return [_audit_policy_mechanism(policy, n, trials, alpha, b) for n, b in jobs]
+        return [_check_policy_mechanism(policy, n, trials, alpha, b) for n, b in jobs]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        runs = [pool.submit(_audit_policy_mechanism, policy, n, trials, alpha, b) for n, b in jobs]
+        runs = [pool.submit(_check_policy_mechanism, policy, n, trials, alpha, b) for n, b in jobs]
         return [r.result() for r in runs]
 
 
-def verdict(results: list[AuditResult]) -> list[str]:
+def verdict(results: list[CalibrationResult]) -> list[str]:
     """What went wrong: an honest mechanism flagged, or a broken one not caught."""
     return [
         f"{r.mechanism}: "
@@ -264,7 +271,7 @@ def verdict(results: list[AuditResult]) -> list[str]:
     ]
 
 
-def results_table(results: list[AuditResult]) -> str:
+def results_table(results: list[CalibrationResult]) -> str:
     frame = pd.DataFrame(
         [
             {
@@ -285,7 +292,7 @@ def results_table(results: list[AuditResult]) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
-def results_json(results: list[AuditResult]) -> list[dict]:
+def results_json(results: list[CalibrationResult]) -> list[dict]:
     return [{**asdict(r), "passed": r.passed} for r in results]
 
 
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policy",
         default=os.environ.get("COHORT_PIPELINE_POLICY", "data/policy.yaml"),
-        help="policy file whose mechanisms are audited",
+        help="policy file whose mechanisms are checked",
     )
     parser.add_argument("--alpha", type=float, default=ALPHA, help="1 - confidence")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -303,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-broken",
         action="store_true",
-        help="also audit a half-noise twin of every mechanism; each must be flagged",
+        help="also check a half-noise twin of every mechanism; each must be flagged",
     )
     args = parser.parse_args(argv)
     if args.trials < 100:
         parser.error("--trials must be at least 100")
     start = time.perf_counter()
     policy = load_policy(args.policy)
-    results = audit_policy(policy, args.trials, args.alpha, args.workers, args.with_broken)
+    results = check_policy(policy, args.trials, args.alpha, args.workers, args.with_broken)
     payload = {
         "policy": args.policy,
         "alpha": args.alpha,
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(payload, f, indent=2)
     problems = verdict(results)
     if problems:
-        print("AUDIT FAILED: " + "; ".join(problems), file=sys.stderr)
+        print("NOISE-CALIBRATION CHECK FAILED: " + "; ".join(problems), file=sys.stderr)
     return 1 if problems else 0
 
 
