@@ -26,7 +26,8 @@ DAY0 = date(2024, 3, 1)
 CAP = BudgetCap(10.0, 30, 1e-7, "basic")
 RECORD = (
     "SELECT seq, release_date, asset, mechanism, epsilon, delta, rho, sensitivity, noise_scale,"
-    " policy_hash, reservation_id, kind, reason, run_id, epoch_us(recorded_at) AS recorded_at"
+    " policy_hash, reservation_id, kind, reason, run_id, accountant,"
+    " epoch_us(recorded_at) AS recorded_at"
     " FROM privacy_spend"
 )
 
