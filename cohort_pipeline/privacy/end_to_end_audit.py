@@ -355,6 +355,14 @@ class RerunArm:
 
     direction = None
 
+    @property
+    def redraw_direction(self) -> np.ndarray:
+        """The likelihood-ratio direction if every run drew afresh: the first run moves by
+        D' - D, each re-run by D - D'. (Under the protocol it sees R - 1 times one draw,
+        negated, which a one-sided threshold test cannot use: hence `direction` is None.)"""
+        diff = self.exact[1] - self.exact[0]
+        return np.concatenate([diff, *[-diff] * self.reruns])
+
     def sample(self, world: int, n: int) -> np.ndarray:
         mech = release.mechanisms(self.policy)[self.asset]
         pools = {w: _Pool(mech, self.exact[w], n) for w in (0, 1)}
