@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from cohort_pipeline.policy import load_policy
@@ -39,6 +41,10 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
         (asset, pair)
         for asset in e2e.AUDITED
         for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
+    } | {
+        (asset, f"{pair}, re-run")
+        for asset in ("cohort_sizes", "cohort_metrics")
+        for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
     }
     for r in results:
         assert r.passed, r
@@ -47,6 +53,8 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
         assert r.pld_epsilon <= r.claimed_epsilon + 1e-4  # PLD's discretization rounds up
     mechs = release.mechanisms(POL)
     for r in results:
+        if r.pair.endswith("re-run"):
+            assert r.coordinates % (1 + e2e.RERUNS) == 0 and r.distance is None
         if r.pair == "add maximal user":
             assert math.isclose(r.distance, mechs[r.asset].sensitivity, rel_tol=1e-9), r
 
@@ -73,8 +81,10 @@ def test_an_unclamped_max_sessions_is_caught(population, monkeypatch):
 
     monkeypatch.setattr(bounding, "user_profiles_sql", unclamped)
     results = e2e.run_audit(POL, {"cohort_metrics": 1_000}, population, alpha=0.01)
-    caught = [r for r in results if not r.passed]
-    assert [r.pair for r in caught] == ["add maximal user"], results
+    failed = [r for r in results if not r.passed]
+    # Its re-run arm sees the same vectors, so it may fail too (its direction is estimated).
+    assert {r.pair for r in failed} - {"add maximal user, re-run"} == {"add maximal user"}
+    caught = [r for r in failed if r.pair == "add maximal user"]
     assert caught[0].epsilon_lower_bound > caught[0].claimed_epsilon
     assert caught[0].rho_lower_bound > caught[0].claimed_rho
     assert caught[0].distance > 5 * release.METRICS_SENSITIVITY
@@ -97,6 +107,41 @@ def test_a_black_box_arm_needs_only_sample(population):
     assert result.distance is None and not result.passed
 
 
+def _rerun_arm(population, asset: str) -> e2e.RerunArm:
+    arms = [a for a in e2e.mechanism_arms(POL, population) if a.name == "add maximal user"]
+    (arm,) = [a for a in e2e.rerun_arms(arms) if a.asset == asset]
+    return arm
+
+
+def test_a_rerun_after_the_data_changed_returns_the_first_draw(population):
+    """Each trial releases the date under a fresh reservation through guard.draw_once, then
+    re-runs it RERUNS times on the other window: every run returns the stored draw."""
+    arm = _rerun_arm(population, "cohort_metrics")
+    k = len(arm.exact[0])
+    for world in (0, 1):
+        runs = arm.sample(world, 50).reshape(50, 1 + e2e.RERUNS, k)
+        assert (runs == runs[:, :1]).all()
+        assert len(np.unique(runs[:, 0], axis=0)) == 50  # a fresh draw per trial
+
+
+def test_a_rerun_that_draws_again_is_caught(population, monkeypatch):
+    """The planted bug: a store that forgets a draw once read, so every re-run of a released
+    date draws again (on the changed data). The re-runs then compose, each moving against
+    the first run, and the bound exceeds the single release's claim that the ledger made."""
+    monkeypatch.setattr(e2e.MemoryDraws, "load", lambda self, m, r: self.frames.pop((m, r), None))
+    # 40 re-runs: their composed loss is ~40x one release's, which few trials can show.
+    arm = replace(_rerun_arm(population, "cohort_metrics"), reruns=40)
+    runs = arm.sample(0, 5).reshape(5, 1 + arm.reruns, -1)
+    assert not (runs == runs[:, :1]).all()
+
+    class SuspectingRedraws:  # the attack that knows what a redraw does (no estimation noise)
+        asset, name, direction, sample = arm.asset, arm.name, arm.redraw_direction, arm.sample
+
+    claim = e2e.claims(POL)["cohort_metrics"]
+    result = e2e.audit_arm(SuspectingRedraws(), claim, trials=800, alpha=0.01)
+    assert not result.passed and result.rho_lower_bound > claim.rho, result
+
+
 def test_cli_prints_tables_and_json(tmp_path, capsys):
     out = tmp_path / "audit.json"
     code = e2e.main(
@@ -108,5 +153,5 @@ def test_cli_prints_tables_and_json(tmp_path, capsys):
     assert "| asset" in printed and "ε lower bound" in printed and "PLD ε" in printed
     payload = json.loads(out.read_text())
     assert [r["asset"] for r in payload["per_asset"]] == list(e2e.AUDITED)
-    assert len(payload["results"]) == 3 * len(e2e.AUDITED)
+    assert len(payload["results"]) == 3 * (len(e2e.AUDITED) + len(e2e.RERUN_AUDITED))
     assert all(r["passed"] and r["trials"] == 100 for r in payload["results"])

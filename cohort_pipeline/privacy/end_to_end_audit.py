@@ -33,9 +33,11 @@ trust between the events and the noise:
    asset (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
    dp-accounting's PLD accountant, which is tighter for Gaussian noise.
 
-The audit passes when no lower bound exceeds its claim. Another path to the release, such as
-re-running a released date with an opt-out in between, is one more `Arm` (any object with
-`asset`, `name`, `direction` and `sample`): see `audit_arm`.
+The audit passes when no lower bound exceeds its claim. Another path to the release is one
+more `Arm` (any object with `asset`, `name`, `direction` and `sample`): see `audit_arm`. The
+re-run path is `RerunArm`: the release protocol of `privacy/guard.py` (admit, draw_once) run
+on D or D', then RERUNS times more after the data changed to the other window, all runs'
+outputs side by side, against the claim of one release.
 Not a release path: the base population is synthetic and nothing here is stored.
 """
 
@@ -45,11 +47,12 @@ import argparse
 import json
 import math
 import os
+import secrets
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -62,7 +65,7 @@ from dp_accounting.pld import privacy_loss_distribution
 from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.generate import generate
 from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy import release
+from cohort_pipeline.privacy import guard, release
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.calibration import ALPHA, lower_bounds
 from cohort_pipeline.privacy.mechanisms import Mechanism
@@ -77,6 +80,8 @@ AUDITED = (
     "cohort_recommendations",
 )  # ledger asset names; cohort_recommendations is the item popularity release
 PAIRS = ("add maximal user", "add user to emptied cohort", "remove heaviest user")
+RERUN_AUDITED = ("cohort_sizes", "cohort_metrics")  # assets with a re-run arm per pair
+RERUNS = 20  # re-runs of a released date after its data changed (a retrying schedule)
 
 
 # -- neighbouring event windows ------------------------------------------------------------
@@ -314,6 +319,91 @@ class MechanismArm:
         return mech(np.tile(x, n)).reshape(n, len(x))
 
 
+class MemoryDraws:
+    """The guard's DrawStore in memory: one trial's private storage of draws."""
+
+    def __init__(self) -> None:
+        self.frames: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def load(self, measurement: str, reservation_id: str) -> pd.DataFrame | None:
+        return self.frames.get((measurement, reservation_id))
+
+    def save(
+        self, measurement: str, reservation_id: str, release_date: str, frame: pd.DataFrame
+    ) -> None:
+        self.frames[measurement, reservation_id] = frame.copy()
+
+
+@dataclass(frozen=True)
+class RerunArm:
+    """The re-run path (privacy/guard.py): per trial, a fresh reservation is admitted and the
+    date released through `guard.draw_once` on D (world 0) or D' (world 1); then the data
+    changes to the other window (D' -> D: the user opts out; D -> D': their events arrive
+    late) and the date is run `reruns` more times. The output is every run's released values
+    side by side. A released date is final, so all runs return the first draw and the output
+    is one release's; a run that drew again would compose, each draw moving the other way.
+
+    The direction is estimated on the selection half: under the protocol every projection is
+    a multiple of one draw's, and a redraw's attack needs the runs weighed with opposite signs.
+    """
+
+    asset: str
+    name: str
+    policy: Policy
+    exact: tuple[np.ndarray, np.ndarray]  # (D, D') on the support of D' - D
+    reruns: int = RERUNS
+
+    direction = None
+
+    @property
+    def redraw_direction(self) -> np.ndarray:
+        """The likelihood-ratio direction if every run drew afresh: the first run moves by
+        D' - D, each re-run by D - D'. (Under the protocol it sees R - 1 times one draw,
+        negated, which a one-sided threshold test cannot use: hence `direction` is None.)"""
+        diff = self.exact[1] - self.exact[0]
+        return np.concatenate([diff, *[-diff] * self.reruns])
+
+    def sample(self, world: int, n: int) -> np.ndarray:
+        mech = release.mechanisms(self.policy)[self.asset]
+        pools = {w: _Pool(mech, self.exact[w], n) for w in (0, 1)}
+        # The ledger's row of the date's reservation, admitted once: a trial's reservation
+        # differs from it only by its random id (admit costs ~1 ms, a trial ~0.5 ms).
+        s = mech.spend
+        row = {"seq": 1, "asset": self.asset, "reservation_id": "", "kind": "release"}
+        row |= {"policy_hash": self.policy.hash, "epsilon": s.epsilon, "delta": s.delta}
+        admitted = guard.admit(pd.DataFrame([row | {"rho": s.rho}]), self.asset, str(RELEASE_DATE))
+        out = np.empty((n, (1 + self.reruns) * len(self.exact[0])))
+        for i in range(n):
+            admission = replace(admitted, reservation_id=secrets.token_hex(16))
+            store, runs = MemoryDraws(), []
+            for w in (world, *[1 - world] * self.reruns):
+                frame, _ = guard.draw_once(
+                    store, admission, self.asset, pools[w].frame,
+                    policy_hash=self.policy.hash, mechanism=mech,
+                )  # fmt: skip
+                runs.append(frame.to_numpy(dtype=float).ravel())
+            out[i] = np.concatenate(runs)
+        return out
+
+
+_VALUE = pd.Index(["value"])  # built once: a str Index costs ~150 us a frame
+
+
+class _Pool:
+    """Noisy copies of one exact vector, drawn by the mechanism in batches of n (each copy
+    an independent draw: as exact as one call per run, and cheaper)."""
+
+    def __init__(self, mech: Mechanism, exact: np.ndarray, n: int):
+        self.mech, self.exact, self.n = mech, exact, n
+        self.rows: list[np.ndarray] = []
+
+    def frame(self) -> pd.DataFrame:
+        if not self.rows:
+            k = len(self.exact)
+            self.rows = list(self.mech(np.tile(self.exact, self.n)).reshape(self.n, k))
+        return pd.DataFrame(self.rows.pop()[:, None], columns=_VALUE)
+
+
 def mechanism_arms(policy: Policy, population: Population) -> list[MechanismArm]:
     """An arm per audited asset and neighbouring pair (module docstring, steps 1-4)."""
     pairs = neighbour_pairs(policy, population)
@@ -335,6 +425,15 @@ def mechanism_arms(policy: Policy, population: Population) -> list[MechanismArm]
                 )
             )
     return arms
+
+
+def rerun_arms(arms: list[Arm]) -> list[RerunArm]:
+    """A re-run arm beside each mechanism arm of RERUN_AUDITED, on the same exact vectors."""
+    return [
+        RerunArm(arm.asset, f"{arm.name}, re-run", arm.policy, arm.exact)
+        for arm in arms
+        if isinstance(arm, MechanismArm) and arm.asset in RERUN_AUDITED
+    ]
 
 
 # -- claims and bounds ---------------------------------------------------------------------
@@ -442,13 +541,14 @@ def run_audit(
     pair: str | None = None,
 ) -> list[ArmResult]:
     """Every arm of `mechanism_arms` whose asset is in `trials` (and, given `pair`, of that
-    neighbouring pair only), `trials[asset]` runs on each of D and D', drawn in `workers`
-    processes. An arm's `seconds` is the CPU time of its draws and attack."""
-    arms = [
+    neighbouring pair only) and its `rerun_arms`, `trials[asset]` runs on each of D and D',
+    drawn in `workers` processes. An arm's `seconds` is the CPU time of its draws and attack."""
+    arms: list[Arm] = [
         arm
         for arm in mechanism_arms(policy, population)
         if arm.asset in trials and pair in (None, arm.name)
     ]
+    arms += rerun_arms(arms)
     claimed = claims(policy)
     jobs = [(arm, world, trials[arm.asset]) for arm in arms for world in (0, 1)]
     if workers <= 1:
