@@ -9,9 +9,10 @@ on the default 20k-user sample: smaller integers (cohorts, days, k, ranks, check
 number of distinct recommended items) occur for public reasons and collide with some exact
 count by chance (seen in CI at 100), while a count >= 1000 showing up verbatim is a leak
 until proven otherwise. Public numbers (policy values, run config) are
-excluded for the same reason. A literal that is a rounding of a released noisy cohort size
-at the literal's own precision (the metadata preview shows the noisy 122.04 as "122") is
-post-processing of a release, not a leak, and is not reported.
+excluded for the same reason. A literal that is a rounding of a released noisy cohort size,
+or of an end of its released 95% interval, at the literal's own precision (the metadata
+shows the noisy 1407.3 ± 43.6 as "1407 ± 44 (95%: 1364 to 1451)") is post-processing of a
+release, not a leak, and is not reported: such roundings meet an exact count by chance.
 """
 
 from __future__ import annotations
@@ -102,11 +103,16 @@ def find_leaks(
 
 
 def released_sizes(warehouse: Path) -> np.ndarray:
-    """The noisy cohort sizes of the release (DP outputs; previews and logs round them)."""
+    """The noisy cohort sizes of the release and the ends of their 95% intervals (DP outputs
+    and their post-processing; previews, interval texts and logs round them)."""
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        sql = "SELECT noisy_users FROM release.cohort_sizes WHERE release_date = ?"
-        return np.array([r[0] for r in con.execute(sql, [RELEASE_DATE]).fetchall()], dtype=float)
+        sql = (
+            "SELECT noisy_users, noisy_users - accuracy_95, noisy_users + accuracy_95"
+            " FROM release.cohort_sizes WHERE release_date = ?"
+        )
+        rows = con.execute(sql, [RELEASE_DATE]).fetchall()
+        return np.array([value for row in rows for value in row], dtype=float)
     finally:
         con.close()
 
