@@ -27,5 +27,5 @@ setup(
         # benchmarks/ only; the peer DP libraries get their own venvs there (design §5).
         "benchmarks": ["psutil>=5.9"],
     },
-    entry_points={"console_scripts": ["cohort-pipeline=cohort_pipeline.cli:main"]},
+    entry_points={"console_scripts": ["cohort-pipeline=cohort_pipeline.tools.cli:main"]},
 )

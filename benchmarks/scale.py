@@ -57,7 +57,7 @@ def data_dir_for(size: str) -> Path:
 
 def ensure_data(size: str) -> dict:
     """Generate the sample for `size` unless it is already on disk; returns generator facts."""
-    from cohort_pipeline.generate import generate
+    from cohort_pipeline.tools.generate import generate
 
     data = data_dir_for(size)
     marker = data / "generated.json"

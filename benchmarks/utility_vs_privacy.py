@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from dagster import materialize  # noqa: E402
 
 from cohort_pipeline.definitions import all_assets, resources_for  # noqa: E402
-from cohort_pipeline.experiments import (  # noqa: E402
+from cohort_pipeline.logic.experiments import (  # noqa: E402
     ARMS,
     HEADLINE,
     REFERENCE_ARM,
@@ -41,9 +41,9 @@ from cohort_pipeline.experiments import (  # noqa: E402
     relevant_items,
     replay_ranking,
 )
-from cohort_pipeline.generate import generate  # noqa: E402
 from cohort_pipeline.policy import load_policy, parse_policy  # noqa: E402
 from cohort_pipeline.resources import WarehouseResource  # noqa: E402
+from cohort_pipeline.tools.generate import generate  # noqa: E402
 
 EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
 END = date(2026, 11, 28)  # the default sample of the tests: 20k users, 30 days, seed 7

@@ -21,7 +21,7 @@ from dagster import (
     with_source_code_references,
 )
 
-from cohort_pipeline.assets import (
+from cohort_pipeline.defs import (
     budget,
     cohorts,
     experiments,
@@ -32,8 +32,9 @@ from cohort_pipeline.assets import (
     ranking,
     risk,
 )
-from cohort_pipeline.assets.common import DAILY
-from cohort_pipeline.assets.conventions import with_conventions
+from cohort_pipeline.defs.common import DAILY
+from cohort_pipeline.defs.conventions import with_conventions
+from cohort_pipeline.defs.sensors import drift_ranking_refresh, ranking_refresh
 from cohort_pipeline.engines import engine_for
 from cohort_pipeline.resources import (
     LedgerResource,
@@ -42,7 +43,6 @@ from cohort_pipeline.resources import (
     data_dir,
     policy_path,
 )
-from cohort_pipeline.sensors import drift_ranking_refresh, ranking_refresh
 
 ASSET_MODULES = [ingest, cohorts, privacy, budget, metrics, ranking, experiments, governance]
 
@@ -76,7 +76,7 @@ def resources_for(data: Path | str | None = None, policy: Path | str | None = No
     }
 
 
-# Every asset gets the project's conventions in one place (assets/conventions.py: release
+# Every asset gets the project's conventions in one place (defs/conventions.py: release
 # tables' schemas and lineage, docs links, the daily release's freshness policy) and a link to
 # its code in the UI.
 def _assets(modules: list) -> list:

@@ -17,9 +17,9 @@ import pandas as pd
 from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy.duckdb_lock import connect_with_retry
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.private_files import private_dir, private_umask, restrict
+from cohort_pipeline.storage.locking import connect_with_retry
+from cohort_pipeline.storage.private_files import private_dir, private_umask, restrict
 
 SCHEMAS = ("private", "release")
 

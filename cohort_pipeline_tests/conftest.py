@@ -11,7 +11,7 @@ import yaml
 from dagster import DagsterInstance, materialize
 
 from cohort_pipeline.definitions import all_assets, resources_for
-from cohort_pipeline.generate import generate
+from cohort_pipeline.tools.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "data" / "policy.yaml"

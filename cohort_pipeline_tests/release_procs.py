@@ -134,7 +134,7 @@ def _instrument(points: _Points, draws_log: Path | None = None) -> None:
 
     import duckdb
 
-    from cohort_pipeline.assets import dp_asset
+    from cohort_pipeline.defs import dp_asset
     from cohort_pipeline.privacy import ledger as ledger_module
     from cohort_pipeline.privacy import mechanisms
 
@@ -271,7 +271,7 @@ def run_release(
 def hold_file(path: str, seconds: float, out: str) -> None:
     """Child body: hold `path` open read-write (DuckDB's process lock) for `seconds`, like a
     notebook or another run would."""
-    from cohort_pipeline.privacy.duckdb_lock import connect_with_retry
+    from cohort_pipeline.storage.locking import connect_with_retry
 
     con = connect_with_retry(path, timeout_s=120)  # a release may have opened it first
     start = time.time()

@@ -29,9 +29,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
-from cohort_pipeline.alerts import WEBHOOK_ENV
-from cohort_pipeline.calendar import first_release_date
-from cohort_pipeline.display import round_half_width, round_to_accuracy
+from cohort_pipeline.logic.alerts import WEBHOOK_ENV
+from cohort_pipeline.logic.calendar import first_release_date
+from cohort_pipeline.logic.display import round_half_width, round_to_accuracy
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline_tests.conftest import RELEASE_DATE, REPO, make_data_dir, write_policy
 

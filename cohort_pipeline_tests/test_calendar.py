@@ -7,10 +7,10 @@ from datetime import date
 
 import pytest
 
-from cohort_pipeline.calendar import event_dates, first_release_date, latest_event_date
-from cohort_pipeline.cli import main
-from cohort_pipeline.ingest import InputError
+from cohort_pipeline.logic.calendar import event_dates, first_release_date, latest_event_date
 from cohort_pipeline.policy import load_policy
+from cohort_pipeline.storage.events import InputError
+from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import END, POLICY
 
 

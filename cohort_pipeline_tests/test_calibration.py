@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy import calibration
 from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.tools import calibration
 from cohort_pipeline_tests.conftest import POLICY
 
 ALPHA = 0.01  # broken mechanisms: caught with margin at 50,000 trials

@@ -173,7 +173,7 @@ def test_every_subcommand_refuses_a_mistyped_data_dir_and_names_the_fix(
 ):
     """`opt-out add` created the mistyped folder and recorded the opt-out where no release
     reads it; `opt-out list` printed an empty list; `ledger show/verify` blamed the policy."""
-    from cohort_pipeline.cli import main
+    from cohort_pipeline.tools.cli import main
 
     data = tmp_path / "data"
     data.mkdir()

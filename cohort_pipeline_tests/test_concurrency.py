@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cohort_pipeline import reports
+from cohort_pipeline.logic import reports
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.accounting import worst_window_spend
 from cohort_pipeline.privacy.ledger import Ledger

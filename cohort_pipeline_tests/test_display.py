@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey
 
-from cohort_pipeline.assets.conventions import markdown_safe
-from cohort_pipeline.assets.tables import (
+from cohort_pipeline.defs.conventions import markdown_safe
+from cohort_pipeline.defs.tables import (
     TABLES,
     accuracy_columns,
     constants_metadata,
@@ -19,7 +19,7 @@ from cohort_pipeline.assets.tables import (
     release_table_metadata,
     release_table_spec_metadata,
 )
-from cohort_pipeline.display import (
+from cohort_pipeline.logic.display import (
     constant_text,
     interval_95,
     round_to_accuracy,

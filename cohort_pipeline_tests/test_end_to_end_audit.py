@@ -14,7 +14,7 @@ import pytest
 
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy import bounding, release
-from cohort_pipeline.privacy import end_to_end_audit as e2e
+from cohort_pipeline.tools import end_to_end_audit as e2e
 from cohort_pipeline_tests.conftest import POLICY
 
 POL = load_policy(POLICY)

@@ -15,7 +15,7 @@ from dagster import AssetKey, DagsterInstance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cohort_pipeline.experiments import (
+from cohort_pipeline.logic.experiments import (
     EVAL_DAYS,
     HEADLINE,
     METRICS,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cohort_pipeline.generate import DEVICE_TYPES, EVENT_TYPES, SCHEMA, generate
+from cohort_pipeline.tools.generate import DEVICE_TYPES, EVENT_TYPES, SCHEMA, generate
 
 END = dt.date(2026, 11, 30)
 SMALL = {"users": 2_000, "days": 10, "end_date": END}

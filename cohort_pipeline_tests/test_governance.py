@@ -25,11 +25,11 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
-from cohort_pipeline import reports
-from cohort_pipeline.alerts import PSI_BREACH, read_alerts
-from cohort_pipeline.assets.tables import TABLES
-from cohort_pipeline.cli import main
 from cohort_pipeline.definitions import defs
+from cohort_pipeline.defs.sensors import drift_ranking_refresh
+from cohort_pipeline.defs.tables import TABLES
+from cohort_pipeline.logic import reports
+from cohort_pipeline.logic.alerts import PSI_BREACH, read_alerts
 from cohort_pipeline.policy import load_policy, parse_policy
 from cohort_pipeline.privacy.ledger import BudgetCap, Ledger
 from cohort_pipeline.privacy.release import (
@@ -39,7 +39,7 @@ from cohort_pipeline.privacy.release import (
     release_spend,
     yearly_spend,
 )
-from cohort_pipeline.sensors import drift_ranking_refresh
+from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import (
     POLICY,
     RELEASE_DATE,

@@ -8,9 +8,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cohort_pipeline.cli import main
-from cohort_pipeline.importer import ImportInputError, import_interactions, parse_mapping
-from cohort_pipeline.ingest import load_window
+from cohort_pipeline.storage.events import load_window
+from cohort_pipeline.tools.cli import main
+from cohort_pipeline.tools.importer import ImportInputError, import_interactions, parse_mapping
 
 RATINGS = """userId,movieId,rating,timestamp
 1,10,4.0,964982703

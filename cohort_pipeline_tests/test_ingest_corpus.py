@@ -25,8 +25,6 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
 
-from cohort_pipeline.generate import generate
-from cohort_pipeline.ingest import EARLIEST_EVENT, InputError, load_window
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.bounding import (
     user_categories_sql,
@@ -34,6 +32,8 @@ from cohort_pipeline.privacy.bounding import (
     user_pairs_sql,
     user_profiles_sql,
 )
+from cohort_pipeline.storage.events import EARLIEST_EVENT, InputError, load_window
+from cohort_pipeline.tools.generate import generate
 from cohort_pipeline_tests.conftest import POLICY, run_release, write_policy
 
 FIRST, LAST = date(2026, 11, 1), date(2026, 11, 28)
@@ -575,7 +575,7 @@ def test_events_from_1997_are_accepted_once_the_partitions_reach_back(tmp_path):
     the policy's first release window, and default values (epoch 0) stay quarantined."""
     from dataclasses import replace
 
-    from cohort_pipeline.ingest import earliest_event
+    from cohort_pipeline.storage.events import earliest_event
 
     events = tmp_path / "events"
     events.mkdir()

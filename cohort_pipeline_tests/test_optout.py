@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohort_pipeline import optouts
-from cohort_pipeline.cli import main
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.release import exact_cohort_counts
+from cohort_pipeline.storage import optouts
+from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
 PRIVATE_STEPS = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]

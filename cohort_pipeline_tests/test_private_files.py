@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from cohort_pipeline import optouts
 from cohort_pipeline.definitions import all_assets, resources_for
 from cohort_pipeline.resources import WarehouseResource
+from cohort_pipeline.storage import optouts
 from cohort_pipeline_tests.conftest import END, run_release, write_policy
 
 BIN = Path(sys.executable).parent

@@ -4,8 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cohort_pipeline.logic.ranking import (
+    max_weight_change,
+    project,
+    ranking_weights,
+    recommendations,
+)
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.ranking import max_weight_change, project, ranking_weights, recommendations
 from cohort_pipeline_tests.conftest import POLICY
 
 CATEGORIES = ["books", "garden", "toys", "music"]

@@ -191,7 +191,7 @@ def test_a_released_date_is_final_whoever_opts_out(small_dir):
 
 
 def test_a_redraw_is_explicit_charged_in_full_and_replaces_the_release(small_dir):
-    from cohort_pipeline.assets.privacy import REDRAW_TAG
+    from cohort_pipeline.defs.privacy import REDRAW_TAG
 
     assert run_release(small_dir).success
     first = ledger_rows(small_dir)
@@ -245,7 +245,7 @@ def test_a_policy_change_keeps_the_release_and_a_draw_under_it_is_refused(small_
 def test_a_failure_after_the_popularity_draw_never_draws_it_again(small_dir, monkeypatch):
     """Recommendations fail once after item popularity is drawn (and written); the retry
     reads the stored draw: one popularity draw per reservation, nothing spent again."""
-    from cohort_pipeline.assets import ranking
+    from cohort_pipeline.defs import ranking
 
     draws = []
     real_draw, real_recs = ranking.release_item_popularity, ranking.recommendations
@@ -367,7 +367,7 @@ def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeyp
     steps = [*upstream, "privacy_budget_ledger", "cohort_sizes"]
     assert run_release(small_dir, selection=steps).success
     spent = ledger_rows(small_dir)
-    from cohort_pipeline.assets import dp_asset
+    from cohort_pipeline.defs import dp_asset
     from cohort_pipeline.privacy.mechanisms import gaussian
 
     def costlier(policy):

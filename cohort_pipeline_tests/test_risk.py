@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from dagster import materialize
 
-from cohort_pipeline import risk
-from cohort_pipeline.assets.risk import BOUND_CHECK, privacy_risk_report
+from cohort_pipeline.defs.risk import BOUND_CHECK, privacy_risk_report
+from cohort_pipeline.logic import risk
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.resources import PipelineResource
 from cohort_pipeline_tests.conftest import POLICY

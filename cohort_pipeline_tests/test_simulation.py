@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cohort_pipeline.simulation import (
+from benchmarks.simulation import (
     ARMS,
     Behaviour,
     Population,

@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 import pytest
 
-from cohort_pipeline.cli import main as cli
 from cohort_pipeline.privacy.accounting import Spend
 from cohort_pipeline.privacy.ledger import (
     COLUMNS,
@@ -20,6 +19,7 @@ from cohort_pipeline.privacy.ledger import (
     Measurement,
     row_hash,
 )
+from cohort_pipeline.tools.cli import main as cli
 from cohort_pipeline_tests.conftest import END, RELEASE_DATE, make_data_dir, run_release
 
 DAY0 = date(2024, 3, 1)

@@ -50,7 +50,7 @@ from cohort_pipeline.privacy.accounting import (
     compose,
     worst_window_spend,
 )
-from cohort_pipeline.privacy.duckdb_lock import FileBusy, connect_with_retry
+from cohort_pipeline.storage.locking import FileBusy, connect_with_retry
 
 GENESIS_HASH = "0" * 64
 TOLERANCE = 1e-9  # float slack when comparing a composed spend with its cap

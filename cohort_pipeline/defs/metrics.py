@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from cohort_pipeline.assets.cohorts import user_profiles
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs.cohorts import user_profiles
+from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
     Group,
@@ -15,9 +15,9 @@ from cohort_pipeline.assets.common import (
     table_preview,
     write_release,
 )
-from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.assets.privacy import cohort_sizes
-from cohort_pipeline.assets.tables import noisy_metadata, release_table_metadata
+from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.defs.privacy import cohort_sizes
+from cohort_pipeline.defs.tables import noisy_metadata, release_table_metadata
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
 from cohort_pipeline.resources import WarehouseResource, replace_partition
 

@@ -1,5 +1,5 @@
 """Group governance: `privacy_risk_report`, attack simulations on synthetic neighbouring
-datasets (never the warehouse's users). Thin wiring around cohort_pipeline.risk."""
+datasets (never the warehouse's users). Thin wiring around cohort_pipeline.logic.risk."""
 
 from dagster import (
     AssetCheckResult,
@@ -12,8 +12,8 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline import risk
-from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args
+from cohort_pipeline.defs.common import RELEASE, Group, Owner, asset_args
+from cohort_pipeline.logic import risk
 from cohort_pipeline.resources import PipelineResource
 
 BOUND_CHECK = "attacks_within_bound"

@@ -20,7 +20,7 @@ from dagster import (
     TableSchema,
 )
 
-from cohort_pipeline.display import (
+from cohort_pipeline.logic.display import (
     constant_text,
     interval_95,
     round_half_width,
@@ -196,7 +196,7 @@ def release_table_metadata(table: str, frame: pd.DataFrame) -> dict:
     (public: one row per released key). `frame` is what was written for the release date."""
     unknown = [c for c in frame.columns if c != "release_date" and c not in TABLES[table]]
     if unknown:
-        raise KeyError(f"{table}: columns {unknown} are not declared in assets/tables.py")
+        raise KeyError(f"{table}: columns {unknown} are not declared in defs/tables.py")
     return {**release_table_spec_metadata(table), "dagster/row_count": len(frame)}
 
 

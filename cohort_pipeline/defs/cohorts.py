@@ -4,7 +4,7 @@ from datetime import date
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs.common import (
     PRIVATE,
     Group,
     Owner,
@@ -12,7 +12,7 @@ from cohort_pipeline.assets.common import (
     private_metadata,
     progress_log,
 )
-from cohort_pipeline.assets.ingest import raw_events
+from cohort_pipeline.defs.ingest import raw_events
 from cohort_pipeline.engines import BoundingEngine
 from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
 

@@ -11,11 +11,11 @@ from dagster import (
     MetadataValue,
 )
 
-from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args, write_release
-from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.assets.ranking import cohort_recommendations
-from cohort_pipeline.assets.tables import release_table_metadata
-from cohort_pipeline.experiments import (
+from cohort_pipeline.defs.common import RELEASE, Group, Owner, asset_args, write_release
+from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.defs.ranking import cohort_recommendations
+from cohort_pipeline.defs.tables import release_table_metadata
+from cohort_pipeline.logic.experiments import (
     EVAL_DAYS,
     HEADLINE,
     OVERALL,

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import data_dir, policy_path
+from cohort_pipeline.storage.private_files import too_open
 
 
 class DataDirError(ValueError):
@@ -61,7 +61,7 @@ def _ledger_and_cap(args):
 
 
 def cmd_generate(args) -> int:
-    from cohort_pipeline.generate import generate
+    from cohort_pipeline.tools.generate import generate
 
     summary = generate(
         args.data_dir, users=args.users, days=args.days, seed=args.seed, end_date=args.end_date,
@@ -76,7 +76,7 @@ def cmd_generate(args) -> int:
 
 def cmd_latest_date(args) -> int:
     """The newest event date on file: the release `make run` materializes."""
-    from cohort_pipeline.calendar import latest_event_date
+    from cohort_pipeline.logic.calendar import latest_event_date
 
     print(latest_event_date(args.data_dir).isoformat())
     return 0
@@ -85,7 +85,7 @@ def cmd_latest_date(args) -> int:
 def cmd_first_date(args) -> int:
     """The first release date whose whole lookback window is on file (`make run` starts the
     daily partitions there)."""
-    from cohort_pipeline.calendar import first_release_date
+    from cohort_pipeline.logic.calendar import first_release_date
     from cohort_pipeline.policy import load_policy
 
     print(first_release_date(args.data_dir, load_policy(args.policy)).isoformat())
@@ -137,7 +137,7 @@ def cmd_ledger_verify(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from cohort_pipeline.importer import import_interactions, parse_mapping
+    from cohort_pipeline.tools.importer import import_interactions, parse_mapping
 
     summary = import_interactions(
         args.file, parse_mapping(args.map), args.items, args.data_dir,
@@ -161,7 +161,7 @@ def cmd_import(args) -> int:
 
 def cmd_opt_out(args) -> int:
     """Opt-outs apply from the next release: the opt_outs asset re-reads the list each run."""
-    from cohort_pipeline import optouts
+    from cohort_pipeline.storage import optouts
 
     path = Path(args.data_dir) / "opt_outs.csv"
     if args.opt_out_command == "list":

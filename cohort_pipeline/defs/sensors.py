@@ -15,9 +15,9 @@ from dagster import (
     define_asset_job,
 )
 
-from cohort_pipeline.assets.common import DAILY
-from cohort_pipeline.assets.governance import privacy_scorecard
-from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.defs.common import DAILY
+from cohort_pipeline.defs.governance import privacy_scorecard
+from cohort_pipeline.defs.ranking import cohort_recommendations, ranking_weights
 
 ranking_refresh = define_asset_job(
     "ranking_refresh",

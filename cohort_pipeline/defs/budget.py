@@ -11,9 +11,9 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline.assets.common import RELEASE, Group, Owner, asset_args, table_preview
-from cohort_pipeline.assets.privacy import privacy_budget_ledger
-from cohort_pipeline.display import constant_text
+from cohort_pipeline.defs.common import RELEASE, Group, Owner, asset_args, table_preview
+from cohort_pipeline.defs.privacy import privacy_budget_ledger
+from cohort_pipeline.logic.display import constant_text
 from cohort_pipeline.privacy.release import budget_cap
 from cohort_pipeline.resources import LedgerResource, PipelineResource
 

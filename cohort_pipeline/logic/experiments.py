@@ -33,6 +33,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
+from cohort_pipeline.logic.ranking import ranking_weights, recommendations
 from cohort_pipeline.policy import MAX_EPSILON_PER_RELEASE, Policy
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.privacy.release import (
@@ -43,7 +44,6 @@ from cohort_pipeline.privacy.release import (
     release_cohort_sizes,
     release_item_popularity,
 )
-from cohort_pipeline.ranking import ranking_weights, recommendations
 
 EVAL_DAYS = 7  # the ranking of D - 7 is evaluated on the events of (D - 7, D]
 METRICS = ("hr_at_10", "ndcg_at_10", "recall_at_20")

@@ -4,8 +4,7 @@ from datetime import date
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from cohort_pipeline import optouts
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs.common import (
     PRIVATE,
     Group,
     Owner,
@@ -13,15 +12,16 @@ from cohort_pipeline.assets.common import (
     private_metadata,
     progress_log,
 )
-from cohort_pipeline.ingest import COLUMNS, earliest_event, load_window
 from cohort_pipeline.privacy.bounding import window
-from cohort_pipeline.private_files import too_open
 from cohort_pipeline.resources import (
     PipelineResource,
     WarehouseResource,
     prune_windows,
     replace_partition,
 )
+from cohort_pipeline.storage import optouts
+from cohort_pipeline.storage.events import COLUMNS, earliest_event, load_window
+from cohort_pipeline.storage.private_files import too_open
 
 
 @asset(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from cohort_pipeline.assets.common import release_lock
+from cohort_pipeline.defs.common import release_lock
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.guard import Admission, Refused, admit, draw_once
 from cohort_pipeline.privacy.release import mechanisms

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import duckdb
 
-from cohort_pipeline.ingest import COLUMNS
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES
-from cohort_pipeline.private_files import private_dir
+from cohort_pipeline.storage.events import COLUMNS
+from cohort_pipeline.storage.private_files import private_dir
 
 REQUIRED = ("user_id", "item_id", "event_time")
 OPTIONAL = ("event_type", "session_id", "device_type", "session_duration_s", "revenue", "rating")

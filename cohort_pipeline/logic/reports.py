@@ -19,13 +19,13 @@ from datetime import date, timedelta
 import pandas as pd
 import yaml
 
-from cohort_pipeline.alerts import BUDGET_THRESHOLDS
-from cohort_pipeline.ingest import COLUMNS as EVENT_COLUMNS
+from cohort_pipeline.logic.alerts import BUDGET_THRESHOLDS
 from cohort_pipeline.policy import ALL, Policy
 from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
 from cohort_pipeline.privacy.release import yearly_spend
+from cohort_pipeline.storage.events import COLUMNS as EVENT_COLUMNS
 
 
 def md_table(frame: pd.DataFrame, digits: int = 6) -> str:

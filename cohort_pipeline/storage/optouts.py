@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cohort_pipeline.private_files import private_dir, private_umask
+from cohort_pipeline.storage.private_files import private_dir, private_umask
 
 COLUMNS = ["user_id", "opted_out_at"]
 

@@ -12,7 +12,7 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
     Group,
@@ -23,18 +23,18 @@ from cohort_pipeline.assets.common import (
     table_preview,
     write_release,
 )
-from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.assets.metrics import cohort_category_affinity
-from cohort_pipeline.assets.privacy import cohort_sizes
-from cohort_pipeline.assets.tables import constants_metadata, release_table_metadata
-from cohort_pipeline.privacy.release import release_item_popularity
-from cohort_pipeline.ranking import (
+from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.defs.metrics import cohort_category_affinity
+from cohort_pipeline.defs.privacy import cohort_sizes
+from cohort_pipeline.defs.tables import constants_metadata, release_table_metadata
+from cohort_pipeline.logic.ranking import (
     max_weight_change,
     recommendations,
 )
-from cohort_pipeline.ranking import (
+from cohort_pipeline.logic.ranking import (
     ranking_weights as compute_weights,
 )
+from cohort_pipeline.privacy.release import release_item_popularity
 from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
 
 CHANGE_CHECK = "weight_change_within_limit"

@@ -63,12 +63,12 @@ import pandas as pd
 from dp_accounting.pld import privacy_loss_distribution
 
 from cohort_pipeline.engines import DuckDBEngine
-from cohort_pipeline.generate import generate
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy import guard, release
 from cohort_pipeline.privacy.bounding import window
-from cohort_pipeline.privacy.calibration import ALPHA, lower_bounds
 from cohort_pipeline.privacy.mechanisms import Mechanism
+from cohort_pipeline.tools.calibration import ALPHA, lower_bounds
+from cohort_pipeline.tools.generate import generate
 
 RELEASE_DATE = date(2026, 11, 28)  # any date: the base population is generated to end on it
 MAXIMAL_SESSIONS = 10  # x bounds.max_sessions: a missing clamp moves the metrics ~10x

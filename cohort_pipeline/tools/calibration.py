@@ -28,7 +28,7 @@ For each mechanism of `release.mechanisms(policy)`, with its real calibrated sca
      sharper test for zCDP claims, whose (epsilon, delta) conversion is loose.
 
 A lower bound above its claim means the claim is false (with confidence 1 - alpha):
-`python -m cohort_pipeline.privacy.calibration` exits 1. `--with-broken` adds a half-noise twin of
+`python -m cohort_pipeline.tools.calibration` exits 1. `--with-broken` adds a half-noise twin of
 every mechanism, which the check must flag (else it exits 1 too). No noise here reaches a
 release.
 """

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cohort_pipeline.private_files import private_dir, private_umask
+from cohort_pipeline.storage.private_files import private_dir, private_umask
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")

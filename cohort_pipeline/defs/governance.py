@@ -1,6 +1,6 @@
 """Group governance (release zone): the audit report, the privacy notice and the privacy
 scorecard, with the drift and cohort-density checks. Thin wiring: the documents are rendered
-by cohort_pipeline.reports and the alert logic lives in cohort_pipeline.alerts, from public
+by cohort_pipeline.logic.reports and the alert logic lives in cohort_pipeline.logic.alerts, from public
 policy values and DP releases only."""
 
 import base64
@@ -21,9 +21,8 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline import alerts, reports
-from cohort_pipeline.assets import experiments
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs import experiments
+from cohort_pipeline.defs.common import (
     CODE_VERSION,
     RELEASE,
     Group,
@@ -31,15 +30,16 @@ from cohort_pipeline.assets.common import (
     asset_args,
     release_rows,
 )
-from cohort_pipeline.assets.metrics import (
+from cohort_pipeline.defs.metrics import (
     cohort_category_affinity,
     cohort_metrics,
     cohort_similarity,
 )
-from cohort_pipeline.assets.privacy import cohort_sizes, privacy_budget_ledger
-from cohort_pipeline.assets.ranking import cohort_recommendations, ranking_weights
-from cohort_pipeline.assets.tables import constants_metadata
-from cohort_pipeline.experiments import HEADLINE, OVERALL
+from cohort_pipeline.defs.privacy import cohort_sizes, privacy_budget_ledger
+from cohort_pipeline.defs.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.defs.tables import constants_metadata
+from cohort_pipeline.logic import alerts, reports
+from cohort_pipeline.logic.experiments import HEADLINE, OVERALL
 from cohort_pipeline.privacy.release import budget_cap, budget_summary
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 

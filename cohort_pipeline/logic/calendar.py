@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from pathlib import Path
 
-from cohort_pipeline.ingest import InputError, event_files
 from cohort_pipeline.policy import Policy
+from cohort_pipeline.storage.events import InputError, event_files
 
 
 def event_dates(data: Path | str) -> list[date]:

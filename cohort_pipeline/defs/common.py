@@ -20,7 +20,7 @@ from dagster import (
     TableSchema,
 )
 
-from cohort_pipeline.assets.tables import preview_table
+from cohort_pipeline.defs.tables import preview_table
 from cohort_pipeline.engines import Progress
 from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.guard import Admission

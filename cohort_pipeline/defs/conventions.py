@@ -11,8 +11,8 @@ from pathlib import Path
 
 from dagster import AssetsDefinition, AssetSpec, FreshnessPolicy, MetadataValue
 
-from cohort_pipeline.assets.common import RELEASE, Group
-from cohort_pipeline.assets.tables import ASSET_TABLES, release_table_spec_metadata
+from cohort_pipeline.defs.common import RELEASE, Group
+from cohort_pipeline.defs.tables import ASSET_TABLES, release_table_spec_metadata
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 GROUP_DOCS = {

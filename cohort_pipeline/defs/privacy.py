@@ -12,9 +12,8 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline import alerts
-from cohort_pipeline.assets.cohorts import cohort_assignments, user_profiles
-from cohort_pipeline.assets.common import (
+from cohort_pipeline.defs.cohorts import cohort_assignments, user_profiles
+from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
     Group,
@@ -24,12 +23,13 @@ from cohort_pipeline.assets.common import (
     table_preview,
     write_release,
 )
-from cohort_pipeline.assets.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.assets.tables import (
+from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.defs.tables import (
     constants_metadata,
     noisy_metadata,
     release_table_metadata,
 )
+from cohort_pipeline.logic import alerts
 from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.release import (

@@ -1,0 +1,1 @@
+"""Pure logic outside Dagster and the privacy core: ranking, experiments, risk, reports, alerts."""

@@ -1,0 +1,1 @@
+"""Storage: raw events, opt-outs, private files and file locking (no Dagster)."""

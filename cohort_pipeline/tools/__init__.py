@@ -1,0 +1,1 @@
+"""Operator tools: the CLI, the sample-data generator, the importer and the privacy audits."""
