@@ -78,7 +78,16 @@ def sample_dir(sample_template, tmp_path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def small_template(tmp_path_factory) -> Path:
+    """A small dataset (4k users) with k lowered so cohorts still pass, generated once per
+    session (it is deterministic for its seed)."""
+    return make_data_dir(tmp_path_factory.mktemp("small") / "data", **{"cohorts.min_size": 50})
+
+
 @pytest.fixture
-def small_dir(tmp_path) -> Path:
-    """A small dataset (4k users) with k lowered so cohorts still pass."""
-    return make_data_dir(tmp_path / "data", **{"cohorts.min_size": 50})
+def small_dir(small_template, tmp_path) -> Path:
+    """A private copy of the small dataset: its own events, policy, warehouse and ledger."""
+    target = tmp_path / "data"
+    shutil.copytree(small_template, target)
+    return target
