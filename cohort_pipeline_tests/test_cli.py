@@ -37,7 +37,28 @@ def materialize(data_dir, home):
     )
 
 
-def test_materialize_command_then_blocked_by_budget_and_ledger_show(small_dir, tmp_path):
+def release_job(data_dir, home):
+    """`make release`'s command: a run of the daily_release job (no risk report)."""
+    tags = {
+        "dagster/partition": RELEASE_DATE,
+        ".dagster/repository": "__repository__@cohort_pipeline",
+    }
+    return run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "cohort_pipeline.definitions",
+         "-j", "daily_release", "--tags", json.dumps(tags)],
+        data_dir, home,
+    )  # fmt: skip
+
+
+def test_materialize_command_then_the_release_command_blocked_by_budget_and_ledger_show(
+    small_dir, tmp_path, capsys, monkeypatch
+):
+    """Both documented release commands, each on the outcome it adds: the whole graph's
+    succeeds, the daily_release job's is refused by the budget (it leaves out the risk
+    report, ~25 s of CPU that the whole graph's second run would repeat)."""
+    from cohort_pipeline.tools.cli import main
+
+    monkeypatch.delenv("COHORT_PIPELINE_POLICY", raising=False)
     home = tmp_path / "home"
     home.mkdir()
     done = materialize(small_dir, home)
@@ -55,19 +76,22 @@ def test_materialize_command_then_blocked_by_budget_and_ledger_show(small_dir, t
     write_policy(
         small_dir, **{"cohorts.min_size": 50, "budget.epsilon_cap": 0.5, "budget.window_days": 7}
     )
-    blocked = materialize(small_dir, home)
+    blocked = release_job(small_dir, home)
     assert blocked.returncode != 0
     assert "budget_within_limit" in blocked.stdout + blocked.stderr
-    after = json.loads(
-        run([str(BIN / "cohort-pipeline"), "ledger", "show", "--json"], small_dir, home).stdout
-    )
+    # The same entry point in process (the subprocess above already ran it as a user does).
+    capsys.readouterr()
+    assert main(["--data-dir", str(small_dir), "ledger", "show", "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)
     assert len(after["releases"]) == 1  # nothing more was spent
 
-    verified = run([str(BIN / "cohort-pipeline"), "ledger", "verify"], small_dir, home)
-    assert verified.returncode == 0 and "verified" in verified.stdout
+    assert main(["--data-dir", str(small_dir), "ledger", "verify"]) == 0
+    assert "verified" in capsys.readouterr().out
 
 
-def test_generate_and_latest_date(tmp_path):
+def test_generate_and_latest_date(tmp_path, capsys):
+    from cohort_pipeline.tools.cli import main
+
     data = tmp_path / "d"
     made = run(
         [
@@ -87,10 +111,8 @@ def test_generate_and_latest_date(tmp_path):
     )
     assert made.returncode == 0, made.stderr
     assert "day 3/3" in made.stderr  # progress is shown
-    latest = run(
-        [str(BIN / "cohort-pipeline"), "--data-dir", str(data), "latest-date"], data, tmp_path
-    )
-    assert latest.stdout.strip() == "2026-01-05"
+    assert main(["--data-dir", str(data), "latest-date"]) == 0  # in process: one import less
+    assert capsys.readouterr().out.strip() == "2026-01-05"
 
 
 def test_errors_are_one_clear_line(tmp_path):
@@ -104,9 +126,12 @@ def test_errors_are_one_clear_line(tmp_path):
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(tmp_path):
+def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(
+    tmp_path, capsys, monkeypatch
+):
     from cohort_pipeline.policy import load_policy
     from cohort_pipeline.privacy.release import yearly_spend
+    from cohort_pipeline.tools.cli import main
 
     data = tmp_path / "d"
     data.mkdir()
@@ -121,7 +146,9 @@ def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(tmp_path):
     # projected from the policy before any spend: 392 daily releases under PLD
     yearly = yearly_spend(load_policy(data / "policy.yaml"))[0]
     assert summary["yearly_epsilon"] == yearly and 23 < yearly < 24
-    plain = run([str(BIN / "cohort-pipeline"), "ledger", "show"], data, tmp_path).stdout
+    monkeypatch.delenv("COHORT_PIPELINE_POLICY", raising=False)
+    assert main(["--data-dir", str(data), "ledger", "show"]) == 0  # in process: one import less
+    plain = capsys.readouterr().out
     assert f"someone active every day for a year: ε = {yearly:.4g} at δ = 1e-06" in plain
 
 
@@ -221,10 +248,12 @@ def test_every_subcommand_refuses_a_mistyped_data_dir_and_names_the_fix(
 def test_logs_from_1997_release_once_the_partitions_reach_back(tmp_path):
     """Every 1997 row was quarantined ('before 2000-01-01') and the release failed at
     cohort_assignments ('private.user_profiles has no rows')."""
+    from cohort_pipeline.tools.cli import main
+
     data = tmp_path / "data"
-    made = cli("--data-dir", str(data), "generate", "--users", "300", "--days", "10",
-               "--end-date", "1997-11-28")  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    made = main(["--data-dir", str(data), "generate", "--users", "300", "--days", "10",
+                 "--end-date", "1997-11-28"])  # fmt: skip
+    assert made == 0
     write_policy(data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COHORT_PIPELINE_")}
     env.update(
