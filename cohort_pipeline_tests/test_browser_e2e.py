@@ -33,6 +33,7 @@ from cohort_pipeline.logic.alerts import WEBHOOK_ENV
 from cohort_pipeline.logic.calendar import first_release_date
 from cohort_pipeline.logic.display import round_half_width, round_to_accuracy
 from cohort_pipeline.policy import load_policy
+from cohort_pipeline.tools.cli import main as cli_main
 from cohort_pipeline_tests.conftest import RELEASE_DATE, REPO, make_data_dir, write_policy
 
 pytestmark = pytest.mark.browser
@@ -245,7 +246,7 @@ def _rows(page) -> list[list[str]]:
     )
 
 
-def test_a_reviewer_reads_the_release_the_budget_and_the_automation(tmp_path):
+def test_a_reviewer_reads_the_release_the_budget_and_the_automation(tmp_path, capsys):
     data = make_data_dir(tmp_path / "data", users=2_000, **{"cohorts.min_size": K})
     previous = (dt.date.fromisoformat(RELEASE_DATE) - dt.timedelta(days=1)).isoformat()
     # The latest date, then a backfill of the day before: the budget view must show the
@@ -258,12 +259,9 @@ def test_a_reviewer_reads_the_release_the_budget_and_the_automation(tmp_path):
             "WHERE release_date = ? ORDER BY cohort_key",
             [RELEASE_DATE],
         ).fetchall()
-    shown = subprocess.run(
-        [str(Path(sys.executable).with_name("cohort-pipeline")), "--data-dir", str(data),
-         "ledger", "show", "--json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    ledger = json.loads(shown.stdout)
+    capsys.readouterr()
+    assert cli_main(["--data-dir", str(data), "ledger", "show", "--json"]) == 0  # in process
+    ledger = json.loads(capsys.readouterr().out)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with ui_page(tmp_path, data) as (url, page):
         # Catalog -> cohort_sizes -> the release date: the per-cohort table keeps each cohort
