@@ -1,8 +1,8 @@
 """Helpers for the reliability tests: releases in separate OS processes, budget caps.
 
-Children come from a forkserver that has already imported Dagster and the pipeline, so each
-release process starts in milliseconds instead of seconds, and the test process's own DuckDB
-state is never forked. A child can be told to SIGKILL itself at its n-th "point": just before
+Children come from a forkserver that has already imported Dagster and the pipeline (and made
+one ephemeral Dagster instance: forkserver_warmup), so each release process starts in
+milliseconds instead of seconds, and the test process's own DuckDB state is never forked. A child can be told to SIGKILL itself at its n-th "point": just before
 or after any statement it sends to DuckDB (warehouse or ledger), or right after a noise draw.
 Points inside a DP asset's release protocol are prefixed with the asset (`<asset> | ...`),
 and a child can log every draw and stored draw per (reservation, measurement) to a file.
@@ -21,7 +21,9 @@ from pathlib import Path
 # The release itself; governance, experiments and reports downstream are not under test here.
 CORE = ("ingest", "cohorts", "privacy", "metrics", "ranking")
 CONTEXT = multiprocessing.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["cohort_pipeline.definitions", "dagster", "duckdb"])
+CONTEXT.set_forkserver_preload(
+    ["cohort_pipeline.definitions", "dagster", "duckdb", "cohort_pipeline_tests.forkserver_warmup"]
+)
 
 
 def cap_for_releases(policy, n: int) -> float:
