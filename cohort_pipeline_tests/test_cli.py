@@ -106,7 +106,7 @@ def test_errors_are_one_clear_line(tmp_path):
 
 def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(tmp_path):
     from cohort_pipeline.policy import load_policy
-    from cohort_pipeline.privacy.release import yearly_spend
+    from cohort_pipeline.privacy.measurements import yearly_spend
 
     data = tmp_path / "d"
     data.mkdir()

@@ -22,7 +22,7 @@ import duckdb
 
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import planned_measurements
+from cohort_pipeline.privacy.measurements import planned_measurements
 from cohort_pipeline_tests import release_procs
 from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy import bounding, release
+from cohort_pipeline.privacy import bounding, measurements, release
 from cohort_pipeline.tools import end_to_end_audit as e2e
 from cohort_pipeline_tests.conftest import POLICY
 
@@ -23,7 +23,7 @@ TRIALS = {
     "cohort_sizes": 3_000,
     "cohort_metrics": 1_000,
     "cohort_category_affinity": 200,
-    "cohort_recommendations": 100,
+    "item_popularity": 100,
 }
 
 
@@ -39,7 +39,7 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
     claimed = e2e.claims(POL)
     assert {(r.asset, r.pair) for r in results} == {
         (asset, pair)
-        for asset in e2e.AUDITED
+        for asset in measurements.audited()
         for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
     } | {
         (asset, f"{pair}, re-run")
@@ -51,7 +51,7 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
         assert r.trials == TRIALS[r.asset] and r.coordinates >= 1
         assert r.claimed_epsilon == claimed[r.asset].epsilon
         assert r.pld_epsilon <= r.claimed_epsilon + 1e-4  # PLD's discretization rounds up
-    mechs = release.mechanisms(POL)
+    mechs = measurements.mechanisms(POL)
     for r in results:
         if r.pair.endswith("re-run"):
             assert r.coordinates % (1 + e2e.RERUNS) == 0 and r.distance is None
@@ -103,7 +103,7 @@ def test_a_black_box_arm_needs_only_sample(population):
         asset, name, direction = "cohort_sizes", "replayed", None
 
         def sample(self, world, n):
-            return release.mechanisms(POL)["cohort_sizes"]([float(world) * 40.0] * n).reshape(
+            return measurements.mechanisms(POL)["cohort_sizes"]([float(world) * 40.0] * n).reshape(
                 n, 1
             )  # far beyond the sensitivity: must be flagged
 
@@ -157,6 +157,6 @@ def test_cli_prints_tables_and_json(tmp_path, capsys):
     assert code == 0
     assert "| asset" in printed and "ε lower bound" in printed and "PLD ε" in printed
     payload = json.loads(out.read_text())
-    assert [r["asset"] for r in payload["per_asset"]] == list(e2e.AUDITED)
-    assert len(payload["results"]) == 3 * (len(e2e.AUDITED) + len(e2e.RERUN_AUDITED))
+    assert [r["asset"] for r in payload["per_asset"]] == list(measurements.audited())
+    assert len(payload["results"]) == 3 * (len(measurements.audited()) + len(e2e.RERUN_AUDITED))
     assert all(r["passed"] and r["trials"] == 100 for r in payload["results"])

@@ -18,7 +18,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from cohort_pipeline.defs.common import release_lock
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.guard import Admission, Refused, admit, draw_once
-from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
 DRAWS_SCHEMA = "private.draws_"
@@ -107,7 +107,7 @@ def dp_asset(
                     measurement,
                     lambda: draw(step),
                     policy_hash=policy.hash,
-                    mechanism=mechanisms(policy)[name],
+                    mechanism=mechanisms(policy)[measurement],
                 )
             except Refused as exc:
                 raise Failure(str(exc)) from exc

@@ -29,7 +29,8 @@ from importlib.metadata import version
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
 
-COMPOSITIONS = ("zcdp", "basic")
+from cohort_pipeline.policy import COMPOSITIONS
+
 ACCOUNTANTS = {
     "zcdp": f"dp-accounting {version('dp-accounting')} PLD",
     "basic": "basic composition (sums of epsilon and delta)",

@@ -15,12 +15,13 @@ trust between the events and the noise:
    - `remove heaviest user`: D' is D without the base user with the most events.
 2. The real bounding SQL (the DuckDB engine over `privacy/bounding.py`) on D and on D', once
    each: it is deterministic.
-3. The real release functions of `privacy/release.py` on those sums, each with a `Recorder`
-   in place of its mechanism: the exact vector the function hands to OpenDP, for D and D'.
+3. The real release function of every measurement of `measurements.audited()` (those the
+   registry releases from a bounded table) on those sums, each with a `Recorder` in place
+   of its mechanism: the exact vector the function hands to OpenDP, for D and D'.
    The coarsening plan of the metrics and the affinity is one real noisy `cohort_sizes`
    release on D, held fixed for D' (a later measurement is private given the earlier ones).
-4. Per trial, the noise: the calibrated OpenDP measurement of the release (`release.
-   mechanisms(policy)`) draws N noisy copies of the exact vector in one call. Only the
+4. Per trial, the noise: the calibrated OpenDP measurement of the release
+   (`measurements.mechanisms(policy)`) draws N noisy copies of the exact vector in one call. Only the
    coordinates where D and D' differ (beyond float rounding, 1e-9) are drawn: the noise is
    independent per coordinate and the attack reads nothing else, so this is exact, and it
    keeps a 2,000-item vector cheap.
@@ -29,8 +30,8 @@ trust between the events and the noise:
    the other half with Clopper-Pearson (`calibration.lower_bounds`). The attack reads the
    mechanism's output, of which every released value (coarsened sizes, means, shares) is
    post-processing: the release tables tell an attacker nothing more than it does.
-6. The claim: what `release.planned_measurements(policy)` reserves in the ledger for the
-   asset (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
+6. The claim: what `measurements.planned_measurements(policy)` reserves in the ledger for the
+   measurement (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
    dp-accounting's PLD accountant, which is tighter for Gaussian noise.
 
 The audit passes when no lower bound exceeds its claim. Another path to the release is one
@@ -64,7 +65,7 @@ from dp_accounting.pld import privacy_loss_distribution
 
 from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy import guard, release
+from cohort_pipeline.privacy import guard, measurements
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.tools.calibration import ALPHA, lower_bounds
@@ -73,12 +74,6 @@ from cohort_pipeline.tools.generate import generate
 RELEASE_DATE = date(2026, 11, 28)  # any date: the base population is generated to end on it
 MAXIMAL_SESSIONS = 10  # x bounds.max_sessions: a missing clamp moves the metrics ~10x
 TOP_ITEMS = 5  # the maximal user's items: these most engaged ones, plus each category's top
-AUDITED = (
-    "cohort_sizes",
-    "cohort_metrics",
-    "cohort_category_affinity",
-    "cohort_recommendations",
-)  # ledger asset names; cohort_recommendations is the item popularity release
 PAIRS = ("add maximal user", "add user to emptied cohort", "remove heaviest user")
 RERUN_AUDITED = ("cohort_sizes", "cohort_metrics")  # assets with a re-run arm per pair
 RERUNS = 20  # re-runs of a released date after its data changed (a retrying schedule)
@@ -264,19 +259,14 @@ class Recorder:
 def pre_noise_vectors(
     policy: Policy, population: Population, tables: dict[str, pd.DataFrame], plan: pd.DataFrame
 ) -> dict[str, Recorder]:
-    """Each audited release function run on `tables` with a recorder for its mechanism."""
-    mechs = release.mechanisms(policy)
-    rec = {asset: Recorder(mechs[asset]) for asset in AUDITED}
-    totals = tables["cohort_totals"]
-    release.release_cohort_sizes(totals, policy, mechanism=rec["cohort_sizes"])
-    release.release_cohort_metrics(totals, plan, policy, mechanism=rec["cohort_metrics"])
-    release.release_cohort_affinity(
-        tables["cohort_category_totals"], plan, population.categories, policy,
-        mechanism=rec["cohort_category_affinity"],
-    )  # fmt: skip
-    release.release_item_popularity(
-        tables["item_totals"], population.catalog, policy, mechanism=rec["cohort_recommendations"]
-    )
+    """Each audited measurement's release function run on `tables` with a recorder for its
+    mechanism (the other measurements' mechanisms are the real ones)."""
+    mechs = measurements.mechanisms(policy)
+    inputs = measurements.Inputs(tables, plan, population.catalog)
+    rec = {}
+    for name in measurements.audited():
+        rec[name] = Recorder(mechs[name])
+        measurements.release_measurement(name, inputs, policy, {**mechs, name: rec[name]})
     return rec
 
 
@@ -314,7 +304,7 @@ class MechanismArm:
 
     def sample(self, world: int, n: int) -> np.ndarray:
         # Built here, not pickled: each worker process builds the release's own mechanism.
-        mech = release.mechanisms(self.policy)[self.asset]
+        mech = measurements.mechanisms(self.policy)[self.asset]
         x = self.exact[world]
         return mech(np.tile(x, n)).reshape(n, len(x))
 
@@ -364,7 +354,7 @@ class RerunArm:
         return np.concatenate([diff, *[-diff] * self.reruns])
 
     def sample(self, world: int, n: int) -> np.ndarray:
-        mech = release.mechanisms(self.policy)[self.asset]
+        mech = measurements.mechanisms(self.policy)[self.asset]
         pools = {w: _Pool(mech, self.exact[w], n) for w in (0, 1)}
         # The ledger's row of the date's reservation, admitted once: a trial's reservation
         # differs from it only by its random id (admit costs ~1 ms, a trial ~0.5 ms).
@@ -408,14 +398,15 @@ def mechanism_arms(policy: Policy, population: Population) -> list[MechanismArm]
     """An arm per audited asset and neighbouring pair (module docstring, steps 1-4)."""
     pairs = neighbour_pairs(policy, population)
     base_tables = bounded(policy, population, pairs[0].d)
-    plan = release.release_cohort_sizes(base_tables["cohort_totals"], policy)  # real noise
+    inputs = measurements.Inputs(base_tables, catalog=population.catalog)
+    plan = measurements.release_measurement("cohort_sizes", inputs, policy)  # real noise
     arms = []
     for pair in pairs:
         d, d1 = (
             pre_noise_vectors(policy, population, bounded(policy, population, events), plan)
             for events in (pair.d, pair.d1)
         )
-        for asset in AUDITED:
+        for asset in measurements.audited():
             (x,), (x1,) = d[asset].inputs, d1[asset].inputs
             # Sums over other users agree up to float rounding (summation order): not moved.
             support = np.flatnonzero(~np.isclose(x1, x, rtol=1e-9, atol=1e-9))
@@ -450,9 +441,11 @@ class Claim:
 
 
 def claims(policy: Policy) -> dict[str, Claim]:
-    """Per asset, from `release.planned_measurements` (the rows the ledger reserves)."""
+    """Per measurement, from `measurements.planned_measurements` (the rows the ledger
+    reserves, one per registered measurement, in registry order)."""
     out = {}
-    for m in release.planned_measurements(policy):
+    rows = measurements.planned_measurements(policy)
+    for name, m in zip(measurements.REGISTRY, rows, strict=True):
         s = m.spend
         if m.mechanism == "laplace":
             pld = privacy_loss_distribution.from_laplace_mechanism(
@@ -462,7 +455,7 @@ def claims(policy: Policy) -> dict[str, Claim]:
             pld = privacy_loss_distribution.from_gaussian_mechanism(
                 m.noise_scale, sensitivity=m.sensitivity, value_discretization_interval=1e-4
             )
-        out[m.asset] = Claim(s.epsilon, s.delta, s.rho, pld.get_epsilon_for_delta(s.delta))
+        out[name] = Claim(s.epsilon, s.delta, s.rho, pld.get_epsilon_for_delta(s.delta))
     return out
 
 
@@ -616,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         "--trials-for",
         action="append",
         default=[],
-        metavar="ASSET=N",
-        help="runs for one asset (repeatable), e.g. cohort_sizes=400000",
+        metavar="MEASUREMENT=N",
+        help="runs for one measurement (repeatable), e.g. cohort_sizes=400000",
     )
     parser.add_argument(
         "--policy",
@@ -630,11 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", dest="json_path", help="also write the JSON to this file")
     args = parser.parse_args(argv)
-    trials = dict.fromkeys(AUDITED, args.trials)
+    audited = measurements.audited()
+    trials = dict.fromkeys(audited, args.trials)
     for item in args.trials_for:
         asset, _, n = item.partition("=")
         if asset not in trials or not n.isdigit():
-            parser.error(f"--trials-for {item!r}: expected ASSET=N, ASSET one of {AUDITED}")
+            parser.error(f"--trials-for {item!r}: expected MEASUREMENT=N, one of {audited}")
         trials[asset] = int(n)
     if min(trials.values()) < 100:
         parser.error("every asset needs at least 100 trials")
