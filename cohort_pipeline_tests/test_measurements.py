@@ -109,7 +109,7 @@ def test_a_measurement_added_to_the_registry_alone_is_reserved_released_audited_
     results = e2e.run_audit(policy, {DUMMY: 1_000}, population, HONEST_ALPHA)
     assert {r.pair for r in results} == set(e2e.PAIRS)
     for r in results:
-        assert r.asset == DUMMY and r.passed, r
+        assert r.measurement == DUMMY and r.passed, r
         assert r.distance <= mech.sensitivity * (1 + 1e-9)
     maximal = next(r for r in results if r.pair == "add maximal user")
     assert maximal.distance == pytest.approx(mech.sensitivity)
