@@ -24,7 +24,7 @@ from cohort_pipeline.policy import ALL, Policy
 from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
-from cohort_pipeline.privacy.measurements import asset_of, yearly_spend
+from cohort_pipeline.privacy.measurements import measurement_of, yearly_spend
 from cohort_pipeline.storage.events import COLUMNS as EVENT_COLUMNS
 
 
@@ -124,7 +124,7 @@ def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
 def measured(rows: pd.DataFrame) -> pd.DataFrame:
     """Ledger rows (charged to assets) with what each measured, from the registry: the
     measurement (its budget.split share), the bounded table it read and a one-line description."""
-    specs = [asset_of(asset) for asset in rows["asset"]]
+    specs = [measurement_of(asset) for asset in rows["asset"]]
     return rows.assign(
         measurement=[s.name if s else "" for s in specs],
         reads=[f"private.{s.source}" if s and s.source else "" for s in specs],

@@ -208,7 +208,7 @@ def release_measurement(
     return spec.release(inputs.tables[spec.source], inputs, policy, mechs or mechanisms(policy))
 
 
-def asset_of(ledger_asset: str) -> MeasurementSpec | None:
+def measurement_of(ledger_asset: str) -> MeasurementSpec | None:
     """The measurement a ledger row (charged to an asset) paid for."""
     return next((s for s in REGISTRY.values() if s.asset == ledger_asset), None)
 
