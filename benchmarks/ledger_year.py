@@ -21,7 +21,8 @@ from pathlib import Path
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy import accounting
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import budget_cap, planned_measurements
+from cohort_pipeline.privacy.measurements import planned_measurements
+from cohort_pipeline.privacy.release import budget_cap
 
 POLICY = Path(__file__).resolve().parents[1] / "data" / "policy.yaml"
 FIRST = date(2025, 1, 1)

@@ -17,18 +17,12 @@ from pathlib import Path
 
 import yaml
 
-from cohort_pipeline.privacy.accounting import COMPOSITIONS
-
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
-# The measurements of one release, in graph order; `budget.split` must name exactly these.
-MEASURED_ASSETS = (
-    "cohort_sizes",
-    "cohort_metrics",
-    "cohort_category_affinity",
-    "cohort_recommendations",
-    "experiment_report",
-)
+# How many releases compose (privacy/accounting.py implements both).
+COMPOSITIONS = ("zcdp", "basic")
+# Keys of earlier policy files and their names now: a policy using one is refused, naming both.
+RENAMED = {"budget.split.cohort_recommendations": "budget.split.item_popularity"}
 ALL = "*"  # the label of a dimension dropped by coarsening
 MIN_SAFE_K = 10  # below this a "cohort" is close to an individual
 # Above this no cohort of any product is that large (a billion people): a typo, not a policy.
@@ -287,13 +281,16 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
     for name in EVENT_TYPES:
         _number(raw, f"bounds.category_weights.{name}", lo=0)
 
+    # Which measurements it names is checked against their registry, which imports this
+    # module (privacy/measurements.shares); here, that each share is a fraction of one.
     split = _get(raw, "budget.split")
-    if not isinstance(split, dict) or set(split) != set(MEASURED_ASSETS):
-        raise PolicyError(
-            f"policy key `budget.split` must give a share for each of {', '.join(MEASURED_ASSETS)}"
-        )
-    for name in MEASURED_ASSETS:
-        _number(raw, f"budget.split.{name}", lo=0, lo_open=True)
+    if not isinstance(split, dict) or not split:
+        raise PolicyError("policy key `budget.split` must map each measurement to its share")
+    for name in split:
+        key = f"budget.split.{name}"
+        if key in RENAMED:
+            raise PolicyError(f"policy key `{key}` is now `{RENAMED[key]}`: rename it")
+        _number(raw, key, lo=0, lo_open=True)
     if abs(sum(split.values()) - 1.0) > 1e-9:
         raise PolicyError(
             f"policy key `budget.split` shares must sum to 1, got {sum(split.values())}"
@@ -363,30 +360,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
-
-
-def budget_problem(policy: Policy) -> str | None:
-    """Why the budget can never admit a release, or None.
-
-    Not a load-time error: the policy is valid, and the blocking check `budget_within_limit`
-    reports this reason (nothing is spent), so the refusal is visible where budgets are
-    watched. One release alone is measured as the ledger composes it."""
-    from cohort_pipeline.privacy.release import release_spend  # release.py imports this module
-
-    epsilon, delta = release_spend(policy)
-    for key, cap, value, what in (
-        ("budget.epsilon_cap", policy.epsilon_cap, epsilon, "epsilon"),
-        ("budget.epsilon_horizon_cap", policy.epsilon_horizon_cap, epsilon, "epsilon"),
-        ("budget.delta_cap", policy.delta_cap, delta, "delta"),
-    ):
-        if cap < value * (1 - 1e-9):
-            return (
-                f"{key} ({cap:g}) is below one release's {what} ({value:.6g} under"
-                f" {policy.composition} composition of budget.epsilon_per_release ="
-                f" {policy.epsilon_per_release:g}): no release can ever be admitted;"
-                " nothing was spent"
-            )
-    return None
 
 
 def load_policy(path: str | Path) -> Policy:

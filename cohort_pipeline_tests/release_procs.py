@@ -28,7 +28,7 @@ CONTEXT.set_forkserver_preload(
 
 def cap_for_releases(policy, n: int) -> float:
     """The composed epsilon of exactly n releases of `policy`: a cap that admits n."""
-    from cohort_pipeline.privacy.release import release_spend
+    from cohort_pipeline.privacy.measurements import release_spend
 
     return release_spend(policy, n)[0] * (1 + 1e-9)
 

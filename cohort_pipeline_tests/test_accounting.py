@@ -16,7 +16,7 @@ from cohort_pipeline.privacy.accounting import (
     rho_from_epsilon,
     worst_window_spend,
 )
-from cohort_pipeline.privacy.release import planned_measurements, release_spend, yearly_spend
+from cohort_pipeline.privacy.measurements import planned_measurements, release_spend, yearly_spend
 from cohort_pipeline_tests.conftest import POLICY
 
 

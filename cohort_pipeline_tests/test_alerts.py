@@ -15,7 +15,7 @@ import pytest
 
 from cohort_pipeline.logic import alerts
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.release import release_spend
+from cohort_pipeline.privacy.measurements import release_spend
 from cohort_pipeline_tests.conftest import check_results, run_release, write_policy
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.tools import calibration
 from cohort_pipeline_tests.conftest import POLICY
 

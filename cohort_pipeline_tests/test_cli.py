@@ -125,7 +125,7 @@ def test_ledger_show_json_keys_and_yearly_projection_before_any_spend(
     tmp_path, capsys, monkeypatch
 ):
     from cohort_pipeline.policy import load_policy
-    from cohort_pipeline.privacy.release import yearly_spend
+    from cohort_pipeline.privacy.measurements import yearly_spend
     from cohort_pipeline.tools.cli import main
 
     data = tmp_path / "d"

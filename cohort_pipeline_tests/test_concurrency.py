@@ -19,7 +19,7 @@ from cohort_pipeline.logic import reports
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.accounting import worst_window_spend
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import planned_measurements
+from cohort_pipeline.privacy.measurements import planned_measurements
 from cohort_pipeline_tests import release_procs
 from cohort_pipeline_tests.conftest import END, make_data_dir, write_policy
 

@@ -22,7 +22,7 @@ import duckdb
 
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import planned_measurements
+from cohort_pipeline.privacy.measurements import REGISTRY, planned_measurements
 from cohort_pipeline_tests import release_procs
 from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir
 
@@ -35,8 +35,7 @@ CHARGED = {
     "cohort_recommendations": "cohort_recommendations",
     "experiment_results": "experiment_report",
 }
-ASSET_OF = {"item_popularity": "cohort_recommendations"}  # else a measurement is its asset
-ASSET_OF.update((a, a) for a in CHARGED.values() if a != "cohort_recommendations")
+ASSET_OF = {s.name: s.asset for s in REGISTRY.values()}  # measurement -> asset charged
 UPSTREAM = "*cohort_assignments"  # ingest and cohorts: no noise, prepared once
 # The reservation and every DP asset, with the post-processing steps between them.
 PROTOCOL = [

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cohort_pipeline.policy import load_policy
-from cohort_pipeline.privacy import bounding, release
+from cohort_pipeline.privacy import bounding, measurements, release
 from cohort_pipeline.tools import end_to_end_audit as e2e
 from cohort_pipeline_tests.conftest import POLICY
 
@@ -23,7 +23,7 @@ TRIALS = {
     "cohort_sizes": 3_000,
     "cohort_metrics": 1_000,
     "cohort_category_affinity": 200,
-    "cohort_recommendations": 100,
+    "item_popularity": 100,
 }
 
 
@@ -37,30 +37,30 @@ def test_the_real_pipeline_passes_and_its_maximal_user_moves_every_vector_by_the
 ):
     results = e2e.run_audit(POL, TRIALS, population, HONEST_ALPHA)
     claimed = e2e.claims(POL)
-    assert {(r.asset, r.pair) for r in results} == {
-        (asset, pair)
-        for asset in e2e.AUDITED
+    assert {(r.measurement, r.pair) for r in results} == {
+        (name, pair)
+        for name in measurements.audited()
         for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
     } | {
-        (asset, f"{pair}, re-run")
-        for asset in ("cohort_sizes", "cohort_metrics")
+        (name, f"{pair}, re-run")
+        for name in ("cohort_sizes", "cohort_metrics")
         for pair in ("add maximal user", "add user to emptied cohort", "remove heaviest user")
     }
     for r in results:
         assert r.passed, r
-        assert r.trials == TRIALS[r.asset] and r.coordinates >= 1
-        assert r.claimed_epsilon == claimed[r.asset].epsilon
+        assert r.trials == TRIALS[r.measurement] and r.coordinates >= 1
+        assert r.claimed_epsilon == claimed[r.measurement].epsilon
         assert r.pld_epsilon <= r.claimed_epsilon + 1e-4  # PLD's discretization rounds up
-    mechs = release.mechanisms(POL)
+    mechs = measurements.mechanisms(POL)
     for r in results:
         if r.pair.endswith("re-run"):
             assert r.coordinates % (1 + e2e.RERUNS) == 0 and r.distance is None
         if r.pair == "add maximal user":
-            assert math.isclose(r.distance, mechs[r.asset].sensitivity, rel_tol=1e-9), r
+            assert math.isclose(r.distance, mechs[r.measurement].sensitivity, rel_tol=1e-9), r
 
 
 def test_the_band_edge_user_is_alone_in_their_cohort_and_on_its_edges(population):
-    arms = {(a.asset, a.name): a for a in e2e.mechanism_arms(POL, population)}
+    arms = {(a.measurement, a.name): a for a in e2e.mechanism_arms(POL, population)}
     sizes = arms["cohort_sizes", "add user to emptied cohort"]
     assert [list(x) for x in sizes.exact] == [[0.0], [1.0]]  # one full key, empty in D
     # One session fewer or more moves them to a neighbouring engagement band.
@@ -100,10 +100,10 @@ def test_a_black_box_arm_needs_only_sample(population):
     known direction has it estimated on the selection half."""
 
     class Replayed:
-        asset, name, direction = "cohort_sizes", "replayed", None
+        measurement, name, direction = "cohort_sizes", "replayed", None
 
         def sample(self, world, n):
-            return release.mechanisms(POL)["cohort_sizes"]([float(world) * 40.0] * n).reshape(
+            return measurements.mechanisms(POL)["cohort_sizes"]([float(world) * 40.0] * n).reshape(
                 n, 1
             )  # far beyond the sensitivity: must be flagged
 
@@ -112,9 +112,9 @@ def test_a_black_box_arm_needs_only_sample(population):
     assert result.distance is None and not result.passed
 
 
-def _rerun_arm(population, asset: str) -> e2e.RerunArm:
+def _rerun_arm(population, measurement: str) -> e2e.RerunArm:
     arms = [a for a in e2e.mechanism_arms(POL, population) if a.name == "add maximal user"]
-    (arm,) = [a for a in e2e.rerun_arms(arms) if a.asset == asset]
+    (arm,) = [a for a in e2e.rerun_arms(arms) if a.measurement == measurement]
     return arm
 
 
@@ -140,7 +140,12 @@ def test_a_rerun_that_draws_again_is_caught(population, monkeypatch):
     assert not (runs == runs[:, :1]).all()
 
     class SuspectingRedraws:  # the attack that knows what a redraw does (no estimation noise)
-        asset, name, direction, sample = arm.asset, arm.name, arm.redraw_direction, arm.sample
+        measurement, name, direction, sample = (
+            arm.measurement,
+            arm.name,
+            arm.redraw_direction,
+            arm.sample,
+        )
 
     claim = e2e.claims(POL)["cohort_metrics"]
     result = e2e.audit_arm(SuspectingRedraws(), claim, trials=800, alpha=0.01)
@@ -155,8 +160,8 @@ def test_cli_prints_tables_and_json(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert code == 0
-    assert "| asset" in printed and "ε lower bound" in printed and "PLD ε" in printed
+    assert "| measurement" in printed and "ε lower bound" in printed and "PLD ε" in printed
     payload = json.loads(out.read_text())
-    assert [r["asset"] for r in payload["per_asset"]] == list(e2e.AUDITED)
-    assert len(payload["results"]) == 3 * (len(e2e.AUDITED) + len(e2e.RERUN_AUDITED))
+    assert [r["measurement"] for r in payload["per_measurement"]] == list(measurements.audited())
+    assert len(payload["results"]) == 3 * (len(measurements.audited()) + len(e2e.RERUN_AUDITED))
     assert all(r["passed"] and r["trials"] == 100 for r in payload["results"])

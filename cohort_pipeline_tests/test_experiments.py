@@ -43,8 +43,9 @@ from cohort_pipeline.logic.experiments import (
     user_readouts,
 )
 from cohort_pipeline.policy import load_policy
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.mechanisms import gaussian
-from cohort_pipeline.privacy.release import EXPERIMENT_SENSITIVITY, mechanisms
+from cohort_pipeline.privacy.release import EXPERIMENT_SENSITIVITY
 from cohort_pipeline_tests.conftest import END, POLICY, RELEASE_DATE, run_release
 
 KEYS = ["a|x|m", "b|y|d", "c|z|m"]

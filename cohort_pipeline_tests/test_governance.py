@@ -32,13 +32,8 @@ from cohort_pipeline.logic import reports
 from cohort_pipeline.logic.alerts import PSI_BREACH, read_alerts
 from cohort_pipeline.policy import load_policy, parse_policy
 from cohort_pipeline.privacy.ledger import BudgetCap, Ledger
-from cohort_pipeline.privacy.release import (
-    budget_cap,
-    exact_cohort_counts,
-    planned_measurements,
-    release_spend,
-    yearly_spend,
-)
+from cohort_pipeline.privacy.measurements import planned_measurements, release_spend, yearly_spend
+from cohort_pipeline.privacy.release import budget_cap, exact_cohort_counts
 from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import (
     POLICY,

@@ -14,8 +14,9 @@ import duckdb
 import pytest
 import yaml
 
-from cohort_pipeline.policy import PolicyError, budget_problem, load_policy
+from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.privacy.measurements import budget_problem
 from cohort_pipeline_tests.conftest import (
     END,
     POLICY,

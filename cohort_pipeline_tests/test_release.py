@@ -6,14 +6,13 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from cohort_pipeline.policy import MEASURED_ASSETS, load_policy
+from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.release import (
-    mechanisms,
-    release_cohort_metrics,
-    release_cohort_sizes,
-)
+from cohort_pipeline.privacy.measurements import REGISTRY, mechanisms
+from cohort_pipeline.privacy.release import release_cohort_metrics, release_cohort_sizes
 from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
+
+CHARGED_ASSETS = sorted(s.asset for s in REGISTRY.values())  # one ledger row each
 
 PREPARE_AND_RESERVE = [
     "opt_outs",
@@ -70,7 +69,7 @@ def test_release_then_rerun_spends_nothing_and_returns_identical_values(sample_d
     before = {t: release_rows(sample_dir, t) for t in RELEASE_TABLES}
     assert all(len(rows) for rows in before.values())
     spent = ledger_rows(sample_dir)
-    assert sorted(spent["asset"]) == sorted(MEASURED_ASSETS)
+    assert sorted(spent["asset"]) == CHARGED_ASSETS
     assert (spent["release_date"].astype(str) == RELEASE_DATE).all()
     assert set(spent["mechanism"]) == {"laplace", "gaussian"}
 
@@ -206,7 +205,7 @@ def test_a_redraw_is_explicit_charged_in_full_and_replaces_the_release(small_dir
     assert redraw.success
     spent = ledger_rows(small_dir)
     new = spent[spent["seq"] > first["seq"].max()]
-    assert sorted(new["asset"]) == sorted(MEASURED_ASSETS)  # charged in full
+    assert sorted(new["asset"]) == CHARGED_ASSETS  # charged in full
     assert set(new["kind"]) == {"redraw"} and set(new["reason"]) == {"catalog fix"}
     assert new["reservation_id"].nunique() == 1
     assert new["reservation_id"].iloc[0] not in set(first["reservation_id"])
@@ -284,7 +283,7 @@ def test_an_empty_window_releases_noise_over_the_public_keys(small_dir):
     checks = check_results(result)
     assert checks["budget_within_limit"] and "min_cohort_size" in checks
     assert not failed or checks["min_cohort_size"] is False
-    assert sorted(ledger_rows(small_dir)["asset"]) == sorted(MEASURED_ASSETS)
+    assert sorted(ledger_rows(small_dir)["asset"]) == CHARGED_ASSETS
     keys = load_policy(small_dir / "policy.yaml").cohort_keys()
     draw = read(
         small_dir / "warehouse.duckdb",
@@ -409,10 +408,13 @@ def test_accuracy_on_the_sample_at_the_default_policy(sample_dir):
 
     policy = load_policy(sample_dir / "policy.yaml")
     errors_n, errors_c, cover_n, cover_c = [], [], [], []
+    mechs = mechanisms(policy)
     for _ in range(60):
         per_user = profiles.assign(users=1.0)  # per-user rows: each a key's sum over one user
-        sizes = release_cohort_sizes(per_user, policy)
-        metrics = release_cohort_metrics(per_user, sizes, policy).set_index("cohort_key")
+        sizes = release_cohort_sizes(per_user, policy, mechs["cohort_sizes"])
+        metrics = release_cohort_metrics(
+            per_user, sizes, policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
+        ).set_index("cohort_key")
         single = sizes[~sizes["members"].str.contains(";")].set_index("cohort_key")
         assert len(single) >= 15  # the default policy keeps almost all sample cohorts whole
         n_true = exact_n.reindex(single.index).to_numpy()
@@ -439,7 +441,8 @@ def test_min_cohort_size_holds_exactly_at_k(small_dir, smallest, passes):
     assert run_release(small_dir, selection=PREPARE_AND_RESERVE).success
     policy = load_policy(small_dir / "policy.yaml")
     empty = pd.DataFrame({"cohort_key": policy.cohort_keys(), "users": 0.0})
-    planted = release_cohort_sizes(empty, policy).assign(noisy_users=1_000.0)
+    sizes = mechanisms(policy)["cohort_sizes"]
+    planted = release_cohort_sizes(empty, policy, sizes).assign(noisy_users=1_000.0)
     planted.loc[3, "noisy_users"] = smallest
     reservation = Ledger(small_dir / "ledger.duckdb").reservation(RELEASE_DATE)
     with duckdb.connect(str(small_dir / "warehouse.duckdb")) as con:

@@ -8,9 +8,9 @@ import pytest
 
 from cohort_pipeline.policy import load_policy, parse_policy
 from cohort_pipeline.privacy.ledger import Measurement
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import (
     coarsen,
-    mechanisms,
     plan_map,
     release_cohort_affinity,
     release_cohort_metrics,
@@ -90,7 +90,7 @@ def test_population_below_k_is_left_below_k_for_the_check(policy):
 
 def test_release_cohort_sizes_covers_the_public_key_set_including_empty_cohorts(policy):
     totals = pd.DataFrame({"cohort_key": ["mid|none|mobile"], "users": [3000.0]})
-    sizes = release_cohort_sizes(totals, policy)
+    sizes = release_cohort_sizes(totals, policy, mechanisms(policy)["cohort_sizes"])
     assert sorted(plan_map(sizes)) == sorted(policy.cohort_keys())
     # All other cohorts are empty, so they are merged; the populated one may be absorbed.
     home = sizes.set_index("cohort_key").loc[plan_map(sizes)["mid|none|mobile"]]
@@ -101,7 +101,11 @@ def test_release_cohort_sizes_covers_the_public_key_set_including_empty_cohorts(
 
 def test_release_cohort_sizes_rejects_keys_outside_the_policy(policy):
     with pytest.raises(ValueError, match="outside the policy's key set"):
-        release_cohort_sizes(pd.DataFrame({"cohort_key": ["vip|x|y"], "users": [1.0]}), policy)
+        release_cohort_sizes(
+            pd.DataFrame({"cohort_key": ["vip|x|y"], "users": [1.0]}),
+            policy,
+            mechanisms(policy)["cohort_sizes"],
+        )
 
 
 def _plan(policy, n=1000.0):
@@ -120,7 +124,10 @@ def test_metrics_are_clamped_to_their_bounds_even_for_empty_cohorts(policy):
             "converted": [1.0],
         }
     )
-    out = release_cohort_metrics(totals, plan, policy)
+    mechs = mechanisms(policy)
+    out = release_cohort_metrics(
+        totals, plan, policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
+    )
     assert len(out) == len(plan)
     assert out["conversion_rate"].between(0, 1).all()
     assert out["mean_session_duration_s"].between(*policy.session_duration_s).all()
@@ -133,7 +140,8 @@ def test_affinity_gives_every_cohort_and_category_a_value(policy):
     totals = pd.DataFrame(
         {"cohort_key": plan.cohort_key[0], "category": ["books", "toys"], "value": [0.6, 0.8]}
     )
-    out = release_cohort_affinity(totals, plan, ["books", "garden", "toys"], policy)
+    mech = mechanisms(policy)["cohort_category_affinity"]
+    out = release_cohort_affinity(totals, plan, ["books", "garden", "toys"], policy, mech)
     assert len(out) == len(plan) * 3
     assert (out["share"] >= 0).all()
     assert out.groupby("cohort_key")["share"].sum().to_numpy() == pytest.approx(np.ones(len(plan)))
@@ -153,7 +161,8 @@ def test_affinity_shares_follow_a_planted_preference(policy):
             for c in categories
         ]
     )
-    out = release_cohort_affinity(totals, plan, categories, policy)
+    mech = mechanisms(policy)["cohort_category_affinity"]
+    out = release_cohort_affinity(totals, plan, categories, policy, mech)
     shares = out.pivot(index="cohort_key", columns="category", values="share")
     assert shares.idxmax(axis=1).to_dict() == favourite
     for key, fav in favourite.items():

@@ -26,13 +26,9 @@ from hypothesis import strategies as st
 from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.logic.experiments import METRICS, release_readouts
 from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
-from cohort_pipeline.privacy import release_cohort_metrics, release_cohort_sizes
+from cohort_pipeline.privacy import measurements
 from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql, window
-from cohort_pipeline.privacy.release import (
-    mechanisms,
-    release_cohort_affinity,
-    release_item_popularity,
-)
+from cohort_pipeline.privacy.release import release_cohort_sizes
 from cohort_pipeline.tools.end_to_end_audit import Recorder
 from cohort_pipeline_tests.conftest import END, POLICY
 
@@ -56,13 +52,8 @@ def small_policy() -> Policy:
 
 POL = small_policy()
 HI = POL.session_duration_s[1]
-MECHANISMS = {c: mechanisms(replace(POL, composition=c)) for c in ("zcdp", "basic")}
-SQL_BOUNDED = (
-    "cohort_sizes",
-    "cohort_metrics",
-    "cohort_category_affinity",
-    "cohort_recommendations",
-)
+MECHANISMS = {c: measurements.mechanisms(replace(POL, composition=c)) for c in ("zcdp", "basic")}
+SQL_BOUNDED = measurements.audited()  # every measurement released from a bounded table
 
 
 durations = st.one_of(
@@ -132,19 +123,15 @@ class Warehouse:
 def pre_noise_vectors(
     tables: dict[str, pd.DataFrame], plan: pd.DataFrame, composition: str = "zcdp"
 ) -> dict[str, Recorder]:
-    """Run every SQL-bounded release function with recorders; each keeps the exact vector
-    its mechanism would have noised."""
-    rec = {asset: Recorder(MECHANISMS[composition][asset]) for asset in SQL_BOUNDED}
-    totals = tables["private.cohort_totals"]
-    release_cohort_sizes(totals, POL, mechanism=rec["cohort_sizes"])
-    release_cohort_metrics(totals, plan, POL, mechanism=rec["cohort_metrics"])
-    release_cohort_affinity(
-        tables["private.cohort_category_totals"], plan, CATEGORIES, POL,
-        mechanism=rec["cohort_category_affinity"],
-    )  # fmt: skip
-    release_item_popularity(
-        tables["private.item_totals"], CATALOG, POL, mechanism=rec["cohort_recommendations"]
-    )
+    """Run every SQL-bounded measurement's release function (measurements.REGISTRY) with a
+    recorder for its mechanism; each keeps the exact vector its mechanism would have noised."""
+    mechs = MECHANISMS[composition]
+    bounded = {name.removeprefix("private."): frame for name, frame in tables.items()}
+    inputs = measurements.Inputs(bounded, plan, CATALOG)
+    rec = {}
+    for name in SQL_BOUNDED:
+        rec[name] = Recorder(mechs[name])
+        measurements.release_measurement(name, inputs, POL, {**mechs, name: rec[name]})
     return rec
 
 
@@ -209,7 +196,7 @@ def test_the_recorder_sees_what_the_mechanism_would_noise():
     assert rec["cohort_sizes"].inputs[0].sum() == 1.0
     assert rec["cohort_metrics"].inputs[0].shape == (len(plan) * 3,)
     assert rec["cohort_category_affinity"].inputs[0].shape == (len(plan) * len(CATEGORIES),)
-    assert rec["cohort_recommendations"].inputs[0].shape == (len(CATALOG),)
+    assert rec["item_popularity"].inputs[0].shape == (len(CATALOG),)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

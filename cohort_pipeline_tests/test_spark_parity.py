@@ -69,11 +69,11 @@ def pre_noise_aggregates(tables: dict[str, pd.DataFrame], data_dir) -> dict[str,
     categories = sorted(catalog["category"].unique())
     return {
         "cohort_sizes": plan,
-        "cohort_metrics": release_cohort_metrics(totals, plan, policy, NoNoise()),
+        "cohort_metrics": release_cohort_metrics(totals, plan, policy, NoNoise(), NoNoise()),
         "cohort_category_affinity": release_cohort_affinity(
             tables["private.cohort_category_totals"], plan, categories, policy, NoNoise()
         ),
-        "cohort_recommendations": release_item_popularity(
+        "item_popularity": release_item_popularity(
             tables["private.item_totals"], catalog, policy, NoNoise()
         ),
     }

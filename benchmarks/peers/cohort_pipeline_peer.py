@@ -2,7 +2,7 @@
 
 The query's budget is shared as cohort_sizes 0.4 (counts, which are also the means'
 denominators) and cohort_metrics 0.6 (sums), and the mechanisms are the project's own
-(`release.mechanisms`) under the task's composition: `zcdp` (the default policy's: Laplace
+(`measurements.mechanisms`) under the task's composition: `zcdp` (the default policy's: Laplace
 counts, Gaussian sums, shares of rho) or `basic` (pure-epsilon Laplace for both, shares of
 epsilon, the accounting PipelineDP uses).
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MEANS, report, task, timed  # noqa: E402
 
 from cohort_pipeline.policy import load_policy  # noqa: E402
+from cohort_pipeline.privacy.measurements import mechanisms  # noqa: E402
 from cohort_pipeline.privacy.release import (  # noqa: E402
-    mechanisms,
     release_cohort_metrics,
     release_cohort_sizes,
 )
@@ -46,7 +46,7 @@ def main() -> None:
         # Per-user rows (users = 1), summed per key by the release functions themselves.
         profiles = pd.read_parquet(spec["input"]).assign(users=1.0)
         plan = release_cohort_sizes(profiles, policy, sizes)
-        out = release_cohort_metrics(profiles, plan, policy, metrics)
+        out = release_cohort_metrics(profiles, plan, policy, metrics, sizes)
         return {row["cohort_key"]: {"users": row["users"], **{m: row[NAMES[m]] for m in MEANS}}
                 for _, row in out.iterrows()}  # fmt: skip
 

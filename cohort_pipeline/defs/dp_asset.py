@@ -18,7 +18,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 from cohort_pipeline.defs.common import release_lock
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.guard import Admission, Refused, admit, draw_once
-from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.privacy.measurements import REGISTRY, mechanisms
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
 DRAWS_SCHEMA = "private.draws_"
@@ -87,6 +87,8 @@ def dp_asset(
     `measurement`) or draws it once (guard.draw_once), then publishes from the stored draw.
     `draw` may return None (nothing to release: nothing stored, nothing drawn). Refusals
     become dagster.Failure with the guard's message."""
+    if REGISTRY[measurement].asset != name:  # the ledger charges the registry's asset
+        raise ValueError(f"measurement {measurement} is charged to {REGISTRY[measurement].asset}")
 
     @asset(name=name, **asset_kwargs)
     def _dp_asset(
@@ -107,7 +109,7 @@ def dp_asset(
                     measurement,
                     lambda: draw(step),
                     policy_hash=policy.hash,
-                    mechanism=mechanisms(policy)[name],
+                    mechanism=mechanisms(policy)[measurement],
                 )
             except Refused as exc:
                 raise Failure(str(exc)) from exc

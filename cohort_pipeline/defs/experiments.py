@@ -29,7 +29,7 @@ from cohort_pipeline.logic.experiments import (
     report_markdown,
     stability_rows,
 )
-from cohort_pipeline.privacy.release import mechanisms
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.resources import WarehouseResource
 
 TABLE = "release.experiment_results"

@@ -30,19 +30,20 @@ from cohort_pipeline.defs.common import (
     asset_args,
     release_rows,
 )
-from cohort_pipeline.defs.metrics import (
-    cohort_category_affinity,
-    cohort_metrics,
-    cohort_similarity,
-)
-from cohort_pipeline.defs.privacy import cohort_sizes, privacy_budget_ledger
-from cohort_pipeline.defs.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.defs.metrics import cohort_similarity
+from cohort_pipeline.defs.privacy import privacy_budget_ledger
+from cohort_pipeline.defs.ranking import ranking_weights
 from cohort_pipeline.defs.tables import constants_metadata
 from cohort_pipeline.logic import alerts, reports
 from cohort_pipeline.logic.experiments import HEADLINE, OVERALL
-from cohort_pipeline.privacy.release import budget_cap, budget_summary
+from cohort_pipeline.privacy.measurements import REGISTRY, budget_summary
+from cohort_pipeline.privacy.release import budget_cap
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 
+# The assets charged in the ledger (measurements.REGISTRY): the scorecard reads every one; the
+# audit report those released from bounded tables, with their post-processing.
+MEASURED_ASSETS = list(dict.fromkeys(s.asset for s in REGISTRY.values()))
+BOUNDED_ASSETS = [s.asset for s in REGISTRY.values() if s.source]
 DRIFT_CHECK = "release_drift"
 DENSITY_CHECK = "cohort_density"
 
@@ -99,15 +100,7 @@ def provenance(context: AssetExecutionContext) -> pd.DataFrame:
 
 @asset(
     **governance_args({"markdown", "duckdb"}),
-    deps=[
-        privacy_budget_ledger,
-        cohort_sizes,
-        cohort_metrics,
-        cohort_category_affinity,
-        cohort_similarity,
-        ranking_weights,
-        cohort_recommendations,
-    ],
+    deps=[privacy_budget_ledger, *BOUNDED_ASSETS, cohort_similarity, ranking_weights],
     description="The audit trail of one release: policy and hash, every measurement (mechanism, "
     "privacy parameters, sensitivity, noise scale), budget spent and remaining with a burn-down "
     "chart, coarsened cohorts, provenance (upstream materializations, data and code versions, run "
@@ -206,14 +199,7 @@ def experiment_uplift(warehouse: WarehouseResource, release_date: str) -> dict:
 
 @asset(
     **governance_args({"markdown", "duckdb"}),
-    deps=[
-        privacy_budget_ledger,
-        cohort_sizes,
-        cohort_metrics,
-        cohort_category_affinity,
-        ranking_weights,
-        experiments.experiment_report,
-    ],
+    deps=[privacy_budget_ledger, *MEASURED_ASSETS, ranking_weights],
     check_specs=[
         AssetCheckSpec(
             DRIFT_CHECK,

@@ -18,6 +18,7 @@ from cohort_pipeline.defs.common import (
 from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
 from cohort_pipeline.defs.privacy import cohort_sizes
 from cohort_pipeline.defs.tables import noisy_metadata, release_table_metadata
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
 from cohort_pipeline.resources import WarehouseResource, replace_partition
 
@@ -45,7 +46,10 @@ def released_plan(step: Step) -> pd.DataFrame:
 
 def _draw_metrics(step: Step) -> pd.DataFrame:
     totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
-    return release_cohort_metrics(totals, released_plan(step), step.policy)
+    mechs = mechanisms(step.policy)
+    return release_cohort_metrics(
+        totals, released_plan(step), step.policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
+    )
 
 
 def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> MaterializeResult:
@@ -92,7 +96,8 @@ def _draw_affinity(step: Step) -> pd.DataFrame:
     categories = sorted(
         pd.read_csv(step.pipeline.catalog_path, dtype=str)["category"].dropna().unique()
     )
-    return release_cohort_affinity(totals, released_plan(step), categories, step.policy)
+    mech = mechanisms(step.policy)["cohort_category_affinity"]
+    return release_cohort_affinity(totals, released_plan(step), categories, step.policy, mech)
 
 
 def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> MaterializeResult:

@@ -30,14 +30,14 @@ from cohort_pipeline.defs.tables import (
     release_table_metadata,
 )
 from cohort_pipeline.logic import alerts
-from cohort_pipeline.policy import budget_problem
 from cohort_pipeline.privacy.ledger import BudgetExceeded
-from cohort_pipeline.privacy.release import (
-    budget_cap,
+from cohort_pipeline.privacy.measurements import (
+    budget_problem,
     budget_summary,
+    mechanisms,
     planned_measurements,
-    release_cohort_sizes,
 )
+from cohort_pipeline.privacy.release import budget_cap, release_cohort_sizes
 from cohort_pipeline.resources import (
     LedgerResource,
     PipelineResource,
@@ -209,7 +209,7 @@ def privacy_budget_ledger(
 
 def _draw_sizes(step: Step) -> pd.DataFrame:
     totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
-    return release_cohort_sizes(totals, step.policy)
+    return release_cohort_sizes(totals, step.policy, mechanisms(step.policy)["cohort_sizes"])
 
 
 def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeResult:

@@ -34,6 +34,7 @@ from cohort_pipeline.logic.ranking import (
 from cohort_pipeline.logic.ranking import (
     ranking_weights as compute_weights,
 )
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import release_item_popularity
 from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
 
@@ -124,7 +125,8 @@ def ranking_weights(
 
 def _draw_popularity(step: Step) -> pd.DataFrame:
     items = private_totals(step.warehouse, "private.item_totals", step.release_date)
-    return release_item_popularity(items, _catalog(step), step.policy)
+    mech = mechanisms(step.policy)["item_popularity"]
+    return release_item_popularity(items, _catalog(step), step.policy, mech)
 
 
 def _catalog(step: Step) -> pd.DataFrame:

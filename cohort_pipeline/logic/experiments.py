@@ -27,6 +27,7 @@ over users (`bootstrap_ci`) are for the non-private analysis in tests and benchm
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
@@ -35,10 +36,10 @@ import pandas as pd
 
 from cohort_pipeline.logic.ranking import ranking_weights, recommendations
 from cohort_pipeline.policy import MAX_EPSILON_PER_RELEASE, Policy
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.privacy.release import (
     EXPERIMENT_SENSITIVITY,
-    mechanisms,
     plan_map,
     release_cohort_affinity,
     release_cohort_sizes,
@@ -430,12 +431,16 @@ def replay_ranking(inputs: RankingInputs, policy: Policy, noise: bool = True) ->
 
     Tests and benchmarks only: it draws noise without the ledger, so nothing it returns
     may be stored as a release."""
-    none = None if noise else _NoNoise()
-    plan = release_cohort_sizes(inputs.cohort_totals, policy, none)
+    mechs = mechanisms(policy) if noise else defaultdict(_NoNoise)
+    plan = release_cohort_sizes(inputs.cohort_totals, policy, mechs["cohort_sizes"])
     categories = sorted(inputs.catalog["category"].unique())
-    affinity = release_cohort_affinity(inputs.category_totals, plan, categories, policy, none)
+    affinity = release_cohort_affinity(
+        inputs.category_totals, plan, categories, policy, mechs["cohort_category_affinity"]
+    )
     weights = ranking_weights(affinity, plan, None, policy)
-    popularity = release_item_popularity(inputs.item_totals, inputs.catalog, policy, none)
+    popularity = release_item_popularity(
+        inputs.item_totals, inputs.catalog, policy, mechs["item_popularity"]
+    )
     return Ranking(plan, recommendations(weights, popularity, policy.top_n), popularity)
 
 

@@ -24,7 +24,7 @@ from cohort_pipeline.policy import ALL, Policy
 from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
-from cohort_pipeline.privacy.release import yearly_spend
+from cohort_pipeline.privacy.measurements import measurement_of, yearly_spend
 from cohort_pipeline.storage.events import COLUMNS as EVENT_COLUMNS
 
 
@@ -121,6 +121,17 @@ def burn_down_png(frame: pd.DataFrame, cap: BudgetCap) -> bytes:
     return buffer.getvalue()
 
 
+def measured(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows (charged to assets) with what each measured, from the registry: the
+    measurement (its budget.split share), the bounded table it read and a one-line description."""
+    specs = [measurement_of(asset) for asset in rows["asset"]]
+    return rows.assign(
+        measurement=[s.name if s else "" for s in specs],
+        reads=[f"private.{s.source}" if s and s.source else "" for s in specs],
+        what=[s.what if s else "" for s in specs],
+    )
+
+
 # -- coarsening and minimization ----------------------------------------------------------------
 
 
@@ -179,7 +190,8 @@ def audit_markdown(
     release_eps = compose([c for _, c in charges(measurements)], policy.composition, policy.delta)[
         0
     ]
-    cols = ["seq", "asset", "mechanism", "epsilon", "delta", "rho", "sensitivity", "noise_scale"]
+    cols = ["seq", "asset", "measurement", "mechanism", "epsilon", "delta", "rho", "sensitivity"]
+    cols += ["noise_scale", "reads", "what"]
     unread = columns.loc[~columns["read_by_measurements"], "column"].tolist()
     return "\n".join(
         [
@@ -217,7 +229,7 @@ def audit_markdown(
             + f"); together epsilon {release_eps:.6g} at delta "
             f"{policy.delta:g}.",
             "",
-            md_table(measurements[cols] if not measurements.empty else measurements),
+            md_table(measured(measurements)[cols] if not measurements.empty else measurements),
             "",
             "## Budget",
             f"- spent in the worst {summary['window_days']}-day window containing "

@@ -40,9 +40,9 @@ import pandas as pd
 
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.accounting import epsilon_from_rho, rho_from_epsilon
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import (
     exact_cohort_counts,
-    mechanisms,
     release_cohort_metrics,
     release_cohort_sizes,
 )
@@ -244,7 +244,7 @@ def singling_out_attack(policy: Policy, trials: int, seed: int = 0) -> list[Atta
     rare_others = synthetic_population(policy, 3, rng, [rare]).assign(
         user_id=lambda f: "rare-" + f["user_id"]
     )
-    mech = mechanisms(policy)["cohort_metrics"]
+    mech, sizes = (mechanisms(policy)[m] for m in ("cohort_metrics", "cohort_sizes"))
     out = []
     for arm, pol in (("coarsened (k = cohorts.min_size)", policy),
                      ("not coarsened (k = 0)", replace(policy, min_size=0))):  # fmt: skip
@@ -253,12 +253,12 @@ def singling_out_attack(policy: Policy, trials: int, seed: int = 0) -> list[Atta
             data = pd.concat([crowd, rare_others, _target(policy, rare, world)], ignore_index=True)
             g = []
             for _ in range(trials):
-                plan = release_cohort_sizes(data, pol)
+                plan = release_cohort_sizes(data, pol, sizes)
                 row = _row_of(plan, rare)
                 members = plan["members"].iloc[row].split(";")
                 exact_n = int(data.loc[data["cohort_key"].isin(members), "users"].sum())
                 isolated.append(exact_n <= ISOLATING_ROW)
-                metrics = release_cohort_metrics(data, plan, pol)
+                metrics = release_cohort_metrics(data, plan, pol, mech, sizes)
                 # Undo the ratio: rate x noisy size ~ the noisy conversion sum (post-processing).
                 noisy_sum = metrics["conversion_rate"].iloc[row] * max(
                     plan["noisy_users"].iloc[row], 1.0

@@ -1,18 +1,8 @@
-"""The privacy core: bounding, mechanisms (OpenDP), accounting and the ledger. No Dagster.
+"""The privacy core: bounding, mechanisms (OpenDP), the measurement registry, accounting and
+the ledger. No Dagster.
 
-Library entry points (pandas in, pandas out; the same code the assets call):
-`release_cohort_sizes(totals, policy)` and `release_cohort_metrics(totals, plan, policy)`,
-documented in `cohort_pipeline.privacy.release` (totals: per cohort key, or per user with
-users = 1).
+Library entry points (pandas in, pandas out; the same code the assets call): the release
+functions of `cohort_pipeline.privacy.release`, each given its measurement's mechanism from
+`cohort_pipeline.privacy.measurements.mechanisms(policy)`, or `measurements.release_measurement`
+(totals: per cohort key, or per user with users = 1).
 """
-
-__all__ = ["release_cohort_metrics", "release_cohort_sizes"]
-
-
-def __getattr__(name: str):
-    # Lazy: policy.py imports privacy.accounting, and release.py imports policy.py.
-    if name in __all__:
-        from cohort_pipeline.privacy import release
-
-        return getattr(release, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

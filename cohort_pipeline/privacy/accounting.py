@@ -3,8 +3,8 @@
 Pure math, no Dagster, no noise. Each measurement is *calibrated* in zero-concentrated DP
 (zCDP, Bun & Steinke 2016): a pure epsilon-DP measurement is (epsilon^2 / 2)-zCDP, Gaussian
 noise of scale sigma on an L2-sensitivity-s query is (s^2 / (2 sigma^2))-zCDP, and rho-zCDP
-implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP. release.py splits one release's budget with
-these formulas; they are conservative.
+implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP. measurements.py splits one release's budget
+with these formulas; they are conservative.
 
 Many releases are *composed* under the policy's `budget.composition`:
 - "zcdp": the zCDP-calibrated mechanisms, composed by Google's dp-accounting privacy-loss-
@@ -29,7 +29,8 @@ from importlib.metadata import version
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
 
-COMPOSITIONS = ("zcdp", "basic")
+from cohort_pipeline.policy import COMPOSITIONS
+
 ACCOUNTANTS = {
     "zcdp": f"dp-accounting {version('dp-accounting')} PLD",
     "basic": "basic composition (sums of epsilon and delta)",

@@ -1,27 +1,9 @@
-"""The DP release functions the assets call: pandas in, pandas out, no Dagster.
+"""The DP release functions: pandas in, pandas out, no Dagster.
 
-Privacy parameters come from the policy: one release costs `budget.epsilon_per_release` at
-`budget.delta`, shared across the five measurements by `budget.split`, as the policy's
-`budget.composition` accounts for it:
-
-- `zcdp` (default): the release's epsilon becomes a zCDP budget rho, split in shares of rho;
-  counts get Laplace noise, every other vector Gaussian noise.
-- `basic`: epsilons and deltas add up, so epsilon (and delta) are split instead; vectors with
-  a small L1 bound (counts, metrics) get pure-epsilon Laplace noise, the others Gaussian
-  noise at their (epsilon, delta) share. Gaussian noise converted measurement by measurement
-  would cost far more than its share under basic composition.
-
-Neighbouring datasets differ by adding or removing one user (all their window events).
-
-| measurement              | L2 sensitivity                      | L1 sensitivity          |
-|--------------------------|-------------------------------------|-------------------------|
-| cohort_sizes             | 1 (a user is in one cohort)         | 1                       |
-| cohort_metrics           | sqrt(3)/2 (3 values in [-1/2, 1/2]) | 3/2                     |
-| cohort_category_affinity | bounds.category_l2_norm             | (not used)              |
-| cohort_recommendations   | bounds.item_l2_norm                 | (not used)              |
-| experiment_report        | 3 (9 values in [-1,1])              | (not used)              |
-
-Everything after the noise (coarsening, ratios, clamping, shares) is post-processing.
+Each takes the exact per-key sums of a bounded table and the calibrated mechanism of its
+measurement (privacy/measurements.py holds the registry: norms, sensitivities, budget shares
+and `mechanisms(policy)`). Everything after the noise (coarsening, ratios, clamping, shares)
+is post-processing.
 """
 
 from __future__ import annotations
@@ -32,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from cohort_pipeline.policy import ALL, Policy
-from cohort_pipeline.privacy.accounting import compose, rho_from_epsilon
-from cohort_pipeline.privacy.ledger import BudgetCap, Ledger, Measurement
-from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace, ratio_accuracy95
+from cohort_pipeline.privacy.ledger import BudgetCap
+from cohort_pipeline.privacy.mechanisms import Mechanism, ratio_accuracy95
 
 METRIC_COLUMNS = ("mean_duration_s", "converted", "sessions")  # per-user, bounded in bounding.py
 # Each per-user value is scaled to [0, 1] and centred (minus 1/2): a user then moves each
@@ -42,45 +23,6 @@ METRIC_COLUMNS = ("mean_duration_s", "converted", "sessions")  # per-user, bound
 METRICS_SENSITIVITY = 0.5 * math.sqrt(len(METRIC_COLUMNS))
 # experiments.readout_vectors: per user, 9 values each in [-1, 1] (7 overall, 2 in one cohort).
 EXPERIMENT_SENSITIVITY = 3.0
-
-
-# Where a vector's L1 bound is small enough for Laplace noise (see the table above).
-L1_SENSITIVITY = {"cohort_sizes": 1.0, "cohort_metrics": 0.5 * len(METRIC_COLUMNS)}
-
-
-def mechanisms(policy: Policy) -> dict[str, Mechanism]:
-    """The calibrated mechanism of each measurement in `budget.split`; together they cost
-    exactly `epsilon_per_release` at `delta` under the policy's composition."""
-    l2 = {
-        "cohort_sizes": 1.0,
-        "cohort_metrics": METRICS_SENSITIVITY,
-        "cohort_category_affinity": policy.category_l2_norm,
-        "cohort_recommendations": policy.item_l2_norm,
-        "experiment_report": EXPERIMENT_SENSITIVITY,
-    }
-    epsilon, delta = policy.epsilon_per_release, policy.delta
-    if policy.composition == "zcdp":
-        rho = rho_from_epsilon(epsilon, delta)
-        return {
-            asset: laplace(1.0, math.sqrt(2.0 * rho * part))
-            if asset == "cohort_sizes"
-            else gaussian(l2[asset], rho * part, delta)
-            for asset, part in policy.split.items()
-        }
-    # basic: each Gaussian measurement takes its epsilon share and a share of delta.
-    gaussian_parts = sum(
-        part for asset, part in policy.split.items() if asset not in L1_SENSITIVITY
-    )
-    out = {}
-    for asset, part in policy.split.items():
-        if asset in L1_SENSITIVITY:
-            out[asset] = laplace(L1_SENSITIVITY[asset], epsilon * part)
-        else:
-            share_delta = delta * part / gaussian_parts
-            out[asset] = gaussian(
-                l2[asset], rho_from_epsilon(epsilon * part, share_delta), share_delta
-            )
-    return out
 
 
 def exact_cohort_counts(totals: pd.DataFrame, policy: Policy) -> pd.Series:
@@ -145,7 +87,7 @@ def _drop(key: str, indices: list[int]) -> str:
 
 
 def release_cohort_sizes(
-    totals: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
+    totals: pd.DataFrame, policy: Policy, mechanism: Mechanism
 ) -> pd.DataFrame:
     """DP user counts per released cohort, and the coarsening plan.
 
@@ -155,16 +97,17 @@ def release_cohort_sizes(
     keys merged into it, ';'-separated), noisy_users, noise_scale, accuracy_95 (half-width
     covering the exact size with probability ~95%). Every full key is in exactly one row.
     """
-    mech = mechanism or mechanisms(policy)["cohort_sizes"]
     noisy = pd.Series(
-        mech(exact_cohort_counts(totals, policy).to_numpy()), index=policy.cohort_keys()
+        mechanism(exact_cohort_counts(totals, policy).to_numpy()), index=policy.cohort_keys()
     )
     rows = []
     for key, members, n in coarsen(noisy, policy):
         labels = dict(zip((d.name for d in policy.dimensions), key.split("|"), strict=True))
         # A sum of m Laplace draws: exact quantile for m = 1, normal approximation beyond.
         acc = (
-            mech.accuracy95 if len(members) == 1 else 1.959964 * mech.std * math.sqrt(len(members))
+            mechanism.accuracy95
+            if len(members) == 1
+            else 1.959964 * mechanism.std * math.sqrt(len(members))
         )
         rows.append(
             {
@@ -172,7 +115,7 @@ def release_cohort_sizes(
                 **labels,
                 "members": ";".join(members),
                 "noisy_users": n,
-                "noise_scale": mech.scale,
+                "noise_scale": mechanism.scale,
                 "accuracy_95": acc,
             }
         )
@@ -195,19 +138,22 @@ def _denominators(plan: pd.DataFrame, sizes_mechanism: Mechanism) -> tuple[np.nd
 
 
 def release_cohort_metrics(
-    totals: pd.DataFrame, plan: pd.DataFrame, policy: Policy, mechanism: Mechanism | None = None
+    totals: pd.DataFrame,
+    plan: pd.DataFrame,
+    policy: Policy,
+    mechanism: Mechanism,
+    sizes_mechanism: Mechanism,
 ) -> pd.DataFrame:
     """DP mean session duration, conversion rate and sessions per user per released cohort.
 
     In: `cohort_totals` (cohort_key, users and the sums of the bounded per-user values of
     bounding.user_profiles_sql, per full key) and the plan from release_cohort_sizes (its
-    noisy_users are the denominators: no extra budget). Consumes the `cohort_metrics` share
+    noisy_users are the denominators, their noise that of `sizes_mechanism`: no
+    extra budget). Consumes the `cohort_metrics` share
     on the per-cohort sums of mean_duration_s/hi, converted and sessions/max_sessions, each
     minus 1/2 per user (L2 sensitivity sqrt(3)/2, L1 3/2). Out: one row per released cohort
     with users, the three means and a 95% half-width for each.
     """
-    mechs = mechanisms(policy)
-    mech = mechanism or mechs["cohort_metrics"]
     hi = policy.session_duration_s[1]
     unit = {"mean_duration_s": hi, "converted": 1.0, "sessions": float(policy.max_sessions)}
     summed = (
@@ -220,8 +166,8 @@ def release_cohort_metrics(
     sums = pd.DataFrame(
         {col: summed[col] / unit[col] - 0.5 * summed["users"] for col in METRIC_COLUMNS}
     )
-    noisy = mech(sums.to_numpy().ravel()).reshape(sums.shape)
-    n, n_std = _denominators(plan, mechs["cohort_sizes"])
+    noisy = mechanism(sums.to_numpy().ravel()).reshape(sums.shape)
+    n, n_std = _denominators(plan, sizes_mechanism)
     out = pd.DataFrame(
         {"cohort_key": plan["cohort_key"].to_numpy(), "users": plan["noisy_users"].to_numpy()}
     )
@@ -239,12 +185,12 @@ def release_cohort_metrics(
         centred = noisy[:, j] / n  # the noisy count's error scales with the centred mean
         value = np.clip((centred + 0.5) * unit[col], *bounds[col])
         acc = [
-            unit[col] * ratio_accuracy95(c, mech.std, d, s)
+            unit[col] * ratio_accuracy95(c, mechanism.std, d, s)
             for c, d, s in zip(centred, n, n_std, strict=True)
         ]
         out[names[col]] = value
         out[f"{names[col]}_accuracy_95"] = acc
-    out["noise_scale"] = mech.scale
+    out["noise_scale"] = mechanism.scale
     return out
 
 
@@ -253,7 +199,7 @@ def release_cohort_affinity(
     plan: pd.DataFrame,
     categories: list[str],
     policy: Policy,
-    mechanism: Mechanism | None = None,
+    mechanism: Mechanism,
 ) -> pd.DataFrame:
     """DP category engagement per released cohort x category of the public catalog.
 
@@ -263,7 +209,6 @@ def release_cohort_affinity(
     cohort_key, category, noisy_sum, affinity (noisy mean per user, clamped at 0), share
     (affinity normalised within the cohort), accuracy_95.
     """
-    mech = mechanism or mechanisms(policy)["cohort_category_affinity"]
     sums = (
         totals.assign(released=_released_cohort(totals, plan))
         .groupby(["released", "category"])["value"]
@@ -271,7 +216,7 @@ def release_cohort_affinity(
         .unstack(fill_value=0.0)
         .reindex(index=plan["cohort_key"], columns=categories, fill_value=0.0)
     )
-    noisy = mech(sums.to_numpy().ravel()).reshape(sums.shape)
+    noisy = mechanism(sums.to_numpy().ravel()).reshape(sums.shape)
     n = np.maximum(plan["noisy_users"].to_numpy(dtype=float), 1.0)[:, None]
     affinity = np.maximum(noisy, 0.0) / n
     per_cohort = affinity.sum(axis=1, keepdims=True)
@@ -290,8 +235,8 @@ def release_cohort_affinity(
             "share": share.ravel(),
         }
     )
-    out["accuracy_95"] = mech.accuracy95 / np.repeat(n.ravel(), len(categories))
-    out["noise_scale"] = mech.scale
+    out["accuracy_95"] = mechanism.accuracy95 / np.repeat(n.ravel(), len(categories))
+    out["noise_scale"] = mechanism.scale
     return out
 
 
@@ -299,25 +244,20 @@ def release_item_popularity(
     totals: pd.DataFrame,
     catalog: pd.DataFrame,
     policy: Policy,
-    mechanism: Mechanism | None = None,
+    mechanism: Mechanism,
 ) -> pd.DataFrame:
     """DP global item popularity over the public catalog.
 
     In: `item_totals` (item_id, value): per item, the sum of the users' item vectors, each of
-    L2 norm at most `bounds.item_l2_norm`. Consumes the `cohort_recommendations` share (Gaussian). Out:
-    catalog rows with noisy_popularity and within-category share (clamped at 0).
+    L2 norm at most `bounds.item_l2_norm`. Consumes the `item_popularity` share (Gaussian). Out: catalog rows with noisy_popularity and within-category share (clamped at 0).
     """
-    mech = mechanism or mechanisms(policy)["cohort_recommendations"]
     sums = totals.groupby("item_id")["value"].sum().reindex(catalog["item_id"], fill_value=0.0)
     out = catalog[["item_id", "category"]].reset_index(drop=True).copy()
-    out["noisy_popularity"] = mech(sums.to_numpy())
+    out["noisy_popularity"] = mechanism(sums.to_numpy())
     clamped = out["noisy_popularity"].clip(lower=0.0)
     totals = clamped.groupby(out["category"]).transform("sum")
     out["category_share"] = np.where(totals > 0, clamped / totals.where(totals > 0, 1.0), 0.0)
     return out
-
-
-YEAR_DAYS = 365
 
 
 def budget_cap(policy: Policy) -> BudgetCap:
@@ -331,34 +271,3 @@ def budget_cap(policy: Policy) -> BudgetCap:
         lookback_days=policy.lookback_days,
         delta_cap=policy.delta_cap,
     )
-
-
-def release_spend(policy: Policy, releases: int = 1) -> tuple[float, float]:
-    """The composed (epsilon, delta) of `releases` releases of this policy, as the ledger's
-    accountant composes them."""
-    charges = [m.charge for m in planned_measurements(policy)] * releases
-    return compose(charges, policy.composition, policy.delta)
-
-
-def yearly_spend(policy: Policy) -> tuple[float, float]:
-    """Projected before any spend: the loss of a user active every day of a year if this
-    policy releases daily. Each active day is in `lookback_days` releases, so that user is in
-    YEAR_DAYS + lookback_days - 1 of them."""
-    return release_spend(policy, YEAR_DAYS + policy.lookback_days - 1)
-
-
-def budget_summary(ledger: Ledger, policy: Policy, as_of=None) -> dict:
-    """Ledger.summary under the policy's caps (the enforced figures) with the yearly
-    projection: the one source of the budget figures the CLI, the ledger asset, the audit
-    report and the scorecard show."""
-    summary = ledger.summary(budget_cap(policy), as_of=as_of)
-    summary["yearly_epsilon"], summary["yearly_delta"] = yearly_spend(policy)
-    return summary
-
-
-def planned_measurements(policy: Policy) -> list[Measurement]:
-    """The ledger rows one release reserves, before any noise is drawn."""
-    return [
-        Measurement(asset, m.name, m.spend, m.sensitivity, m.scale)
-        for asset, m in mechanisms(policy).items()
-    ]

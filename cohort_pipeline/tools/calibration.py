@@ -5,7 +5,7 @@ claimed cost requires; it takes the sensitivity on trust. That the pipeline's re
 move by no more than it is checked by test_sensitivity.py and, end to end from events to
 released values, by `privacy.end_to_end_audit` (which reuses the bounds below).
 
-For each mechanism of `release.mechanisms(policy)`, with its real calibrated scale:
+For each registered measurement (`measurements.mechanisms(policy)`), with its real calibrated scale:
 
 1. Worst-case neighbours: D gives the mechanism the exact value 0, D' adds a maximal user,
    i.e. the value `sensitivity` (the largest move one user can make, as the property tests
@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from cohort_pipeline.policy import Policy, load_policy
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace
-from cohort_pipeline.privacy.release import mechanisms
 
 ALPHA = 0.05
 N_THRESHOLDS = 400  # candidate thresholds (quantiles of the selection half)
@@ -59,7 +59,7 @@ _Z_SELECT = 1.96  # Wilson slack used only to rank candidate thresholds
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    mechanism: str  # the measured asset (or a test's label)
+    mechanism: str  # the measurement (or a test's label)
     kind: str  # laplace | gaussian
     sensitivity: float
     noise_scale: float

@@ -94,7 +94,7 @@ def cmd_first_date(args) -> int:
 
 def cmd_ledger_show(args) -> int:
     from cohort_pipeline.policy import load_policy
-    from cohort_pipeline.privacy.release import budget_summary
+    from cohort_pipeline.privacy.measurements import budget_summary
 
     ledger, _ = _ledger_and_cap(args)
     s = budget_summary(ledger, load_policy(args.policy), as_of=args.as_of)

@@ -15,12 +15,13 @@ trust between the events and the noise:
    - `remove heaviest user`: D' is D without the base user with the most events.
 2. The real bounding SQL (the DuckDB engine over `privacy/bounding.py`) on D and on D', once
    each: it is deterministic.
-3. The real release functions of `privacy/release.py` on those sums, each with a `Recorder`
-   in place of its mechanism: the exact vector the function hands to OpenDP, for D and D'.
+3. The real release function of every measurement of `measurements.audited()` (those the
+   registry releases from a bounded table) on those sums, each with a `Recorder` in place
+   of its mechanism: the exact vector the function hands to OpenDP, for D and D'.
    The coarsening plan of the metrics and the affinity is one real noisy `cohort_sizes`
    release on D, held fixed for D' (a later measurement is private given the earlier ones).
-4. Per trial, the noise: the calibrated OpenDP measurement of the release (`release.
-   mechanisms(policy)`) draws N noisy copies of the exact vector in one call. Only the
+4. Per trial, the noise: the calibrated OpenDP measurement of the release
+   (`measurements.mechanisms(policy)`) draws N noisy copies of the exact vector in one call. Only the
    coordinates where D and D' differ (beyond float rounding, 1e-9) are drawn: the noise is
    independent per coordinate and the attack reads nothing else, so this is exact, and it
    keeps a 2,000-item vector cheap.
@@ -29,13 +30,13 @@ trust between the events and the noise:
    the other half with Clopper-Pearson (`calibration.lower_bounds`). The attack reads the
    mechanism's output, of which every released value (coarsened sizes, means, shares) is
    post-processing: the release tables tell an attacker nothing more than it does.
-6. The claim: what `release.planned_measurements(policy)` reserves in the ledger for the
-   asset (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
+6. The claim: what `measurements.planned_measurements(policy)` reserves in the ledger for the
+   measurement (epsilon at the ledger's delta, and rho), and the single measurement's epsilon from
    dp-accounting's PLD accountant, which is tighter for Gaussian noise.
 
 The audit passes when no lower bound exceeds its claim. Another path to the release is one
-more `Arm` (any object with `asset`, `name`, `direction` and `sample`): see `audit_arm`. The
-re-run path is `RerunArm`: the release protocol of `privacy/guard.py` (admit, draw_once) run
+more `Arm` (any object with `measurement`, `name`, `direction` and `sample`): see
+`audit_arm`. The re-run path is `RerunArm`: the release protocol of `privacy/guard.py` (admit, draw_once) run
 on D or D', then RERUNS times more after the data changed to the other window, all runs'
 outputs side by side, against the claim of one release.
 Not a release path: the base population is synthetic and nothing here is stored.
@@ -64,7 +65,7 @@ from dp_accounting.pld import privacy_loss_distribution
 
 from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.policy import Policy, load_policy
-from cohort_pipeline.privacy import guard, release
+from cohort_pipeline.privacy import guard, measurements
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.tools.calibration import ALPHA, lower_bounds
@@ -73,14 +74,8 @@ from cohort_pipeline.tools.generate import generate
 RELEASE_DATE = date(2026, 11, 28)  # any date: the base population is generated to end on it
 MAXIMAL_SESSIONS = 10  # x bounds.max_sessions: a missing clamp moves the metrics ~10x
 TOP_ITEMS = 5  # the maximal user's items: these most engaged ones, plus each category's top
-AUDITED = (
-    "cohort_sizes",
-    "cohort_metrics",
-    "cohort_category_affinity",
-    "cohort_recommendations",
-)  # ledger asset names; cohort_recommendations is the item popularity release
 PAIRS = ("add maximal user", "add user to emptied cohort", "remove heaviest user")
-RERUN_AUDITED = ("cohort_sizes", "cohort_metrics")  # assets with a re-run arm per pair
+RERUN_AUDITED = ("cohort_sizes", "cohort_metrics")  # measurements with a re-run arm per pair
 RERUNS = 20  # re-runs of a released date after its data changed (a retrying schedule)
 
 
@@ -264,19 +259,14 @@ class Recorder:
 def pre_noise_vectors(
     policy: Policy, population: Population, tables: dict[str, pd.DataFrame], plan: pd.DataFrame
 ) -> dict[str, Recorder]:
-    """Each audited release function run on `tables` with a recorder for its mechanism."""
-    mechs = release.mechanisms(policy)
-    rec = {asset: Recorder(mechs[asset]) for asset in AUDITED}
-    totals = tables["cohort_totals"]
-    release.release_cohort_sizes(totals, policy, mechanism=rec["cohort_sizes"])
-    release.release_cohort_metrics(totals, plan, policy, mechanism=rec["cohort_metrics"])
-    release.release_cohort_affinity(
-        tables["cohort_category_totals"], plan, population.categories, policy,
-        mechanism=rec["cohort_category_affinity"],
-    )  # fmt: skip
-    release.release_item_popularity(
-        tables["item_totals"], population.catalog, policy, mechanism=rec["cohort_recommendations"]
-    )
+    """Each audited measurement's release function run on `tables` with a recorder for its
+    mechanism (the other measurements' mechanisms are the real ones)."""
+    mechs = measurements.mechanisms(policy)
+    inputs = measurements.Inputs(tables, plan, population.catalog)
+    rec = {}
+    for name in measurements.audited():
+        rec[name] = Recorder(mechs[name])
+        measurements.release_measurement(name, inputs, policy, {**mechs, name: rec[name]})
     return rec
 
 
@@ -284,11 +274,11 @@ def pre_noise_vectors(
 
 
 class Arm(Protocol):
-    """One released asset on one neighbouring pair. `sample(world, n)` returns n released
+    """One released measurement on one neighbouring pair. `sample(world, n)` returns n released
     outputs (rows) on D (world 0) or D' (world 1), each drawn with fresh OpenDP noise;
     `direction` is the attack's projection (None: estimated from the selection half)."""
 
-    asset: str
+    measurement: str
     name: str
 
     @property
@@ -299,10 +289,10 @@ class Arm(Protocol):
 
 @dataclass(frozen=True)
 class MechanismArm:
-    """The calibrated mechanism of `asset` on the exact vectors the real release function
+    """The calibrated mechanism of `measurement` on the exact vectors the real release function
     hands it for D and D', restricted to the coordinates where they differ."""
 
-    asset: str
+    measurement: str
     name: str
     policy: Policy
     exact: tuple[np.ndarray, np.ndarray]  # (D, D') on the support of D' - D
@@ -314,7 +304,7 @@ class MechanismArm:
 
     def sample(self, world: int, n: int) -> np.ndarray:
         # Built here, not pickled: each worker process builds the release's own mechanism.
-        mech = release.mechanisms(self.policy)[self.asset]
+        mech = measurements.mechanisms(self.policy)[self.measurement]
         x = self.exact[world]
         return mech(np.tile(x, n)).reshape(n, len(x))
 
@@ -347,7 +337,7 @@ class RerunArm:
     a multiple of one draw's, and a redraw's attack needs the runs weighed with opposite signs.
     """
 
-    asset: str
+    measurement: str
     name: str
     policy: Policy
     exact: tuple[np.ndarray, np.ndarray]  # (D, D') on the support of D' - D
@@ -364,21 +354,23 @@ class RerunArm:
         return np.concatenate([diff, *[-diff] * self.reruns])
 
     def sample(self, world: int, n: int) -> np.ndarray:
-        mech = release.mechanisms(self.policy)[self.asset]
+        mech = measurements.mechanisms(self.policy)[self.measurement]
         pools = {w: _Pool(mech, self.exact[w], n) for w in (0, 1)}
         # The ledger's row of the date's reservation, admitted once: a trial's reservation
         # differs from it only by its random id (admit costs ~1 ms, a trial ~0.5 ms).
         s = mech.spend
-        row = {"seq": 1, "asset": self.asset, "reservation_id": "", "kind": "release"}
+        row = {"seq": 1, "asset": self.measurement, "reservation_id": "", "kind": "release"}
         row |= {"policy_hash": self.policy.hash, "epsilon": s.epsilon, "delta": s.delta}
-        admitted = guard.admit(pd.DataFrame([row | {"rho": s.rho}]), self.asset, str(RELEASE_DATE))
+        admitted = guard.admit(
+            pd.DataFrame([row | {"rho": s.rho}]), self.measurement, str(RELEASE_DATE)
+        )
         out = np.empty((n, (1 + self.reruns) * len(self.exact[0])))
         for i in range(n):
             admission = replace(admitted, reservation_id=secrets.token_hex(16))
             store, runs = MemoryDraws(), []
             for w in (world, *[1 - world] * self.reruns):
                 frame, _ = guard.draw_once(
-                    store, admission, self.asset, pools[w].frame,
+                    store, admission, self.measurement, pools[w].frame,
                     policy_hash=self.policy.hash, mechanism=mech,
                 )  # fmt: skip
                 runs.append(frame.to_numpy(dtype=float).ravel())
@@ -405,23 +397,28 @@ class _Pool:
 
 
 def mechanism_arms(policy: Policy, population: Population) -> list[MechanismArm]:
-    """An arm per audited asset and neighbouring pair (module docstring, steps 1-4)."""
+    """An arm per audited measurement and neighbouring pair (module docstring, steps 1-4)."""
     pairs = neighbour_pairs(policy, population)
     base_tables = bounded(policy, population, pairs[0].d)
-    plan = release.release_cohort_sizes(base_tables["cohort_totals"], policy)  # real noise
+    inputs = measurements.Inputs(base_tables, catalog=population.catalog)
+    plan = measurements.release_measurement("cohort_sizes", inputs, policy)  # real noise
     arms = []
     for pair in pairs:
         d, d1 = (
             pre_noise_vectors(policy, population, bounded(policy, population, events), plan)
             for events in (pair.d, pair.d1)
         )
-        for asset in AUDITED:
-            (x,), (x1,) = d[asset].inputs, d1[asset].inputs
+        for measurement in measurements.audited():
+            (x,), (x1,) = d[measurement].inputs, d1[measurement].inputs
             # Sums over other users agree up to float rounding (summation order): not moved.
             support = np.flatnonzero(~np.isclose(x1, x, rtol=1e-9, atol=1e-9))
             arms.append(
                 MechanismArm(
-                    asset, pair.name, policy, (x[support], x1[support]), d[asset].norm(x1 - x)
+                    measurement,
+                    pair.name,
+                    policy,
+                    (x[support], x1[support]),
+                    d[measurement].norm(x1 - x),
                 )
             )
     return arms
@@ -430,9 +427,9 @@ def mechanism_arms(policy: Policy, population: Population) -> list[MechanismArm]
 def rerun_arms(arms: list[Arm]) -> list[RerunArm]:
     """A re-run arm beside each mechanism arm of RERUN_AUDITED, on the same exact vectors."""
     return [
-        RerunArm(arm.asset, f"{arm.name}, re-run", arm.policy, arm.exact)
+        RerunArm(arm.measurement, f"{arm.name}, re-run", arm.policy, arm.exact)
         for arm in arms
-        if isinstance(arm, MechanismArm) and arm.asset in RERUN_AUDITED
+        if isinstance(arm, MechanismArm) and arm.measurement in RERUN_AUDITED
     ]
 
 
@@ -450,9 +447,11 @@ class Claim:
 
 
 def claims(policy: Policy) -> dict[str, Claim]:
-    """Per asset, from `release.planned_measurements` (the rows the ledger reserves)."""
+    """Per measurement, from `measurements.planned_measurements` (the rows the ledger
+    reserves, one per registered measurement, in registry order)."""
     out = {}
-    for m in release.planned_measurements(policy):
+    rows = measurements.planned_measurements(policy)
+    for name, m in zip(measurements.REGISTRY, rows, strict=True):
         s = m.spend
         if m.mechanism == "laplace":
             pld = privacy_loss_distribution.from_laplace_mechanism(
@@ -462,13 +461,13 @@ def claims(policy: Policy) -> dict[str, Claim]:
             pld = privacy_loss_distribution.from_gaussian_mechanism(
                 m.noise_scale, sensitivity=m.sensitivity, value_discretization_interval=1e-4
             )
-        out[m.asset] = Claim(s.epsilon, s.delta, s.rho, pld.get_epsilon_for_delta(s.delta))
+        out[name] = Claim(s.epsilon, s.delta, s.rho, pld.get_epsilon_for_delta(s.delta))
     return out
 
 
 @dataclass(frozen=True)
 class ArmResult:
-    asset: str
+    measurement: str
     pair: str
     trials: int  # runs on each of D and D'
     coordinates: int  # noisy coordinates per run (where D and D' differ)
@@ -517,7 +516,7 @@ def audit_arm(
     else:  # D and D' give the same input: nothing to distinguish
         eps_lb = rho_lb = 0.0
     return ArmResult(
-        asset=arm.asset,
+        measurement=arm.measurement,
         pair=arm.name,
         trials=trials,
         coordinates=d.shape[1],
@@ -540,17 +539,17 @@ def run_audit(
     workers: int = 1,
     pair: str | None = None,
 ) -> list[ArmResult]:
-    """Every arm of `mechanism_arms` whose asset is in `trials` (and, given `pair`, of that
-    neighbouring pair only) and its `rerun_arms`, `trials[asset]` runs on each of D and D',
+    """Every arm of `mechanism_arms` whose measurement is in `trials` (and, given `pair`, of that
+    neighbouring pair only) and its `rerun_arms`, `trials[measurement]` runs on each of D and D',
     drawn in `workers` processes. An arm's `seconds` is the CPU time of its draws and attack."""
     arms: list[Arm] = [
         arm
         for arm in mechanism_arms(policy, population)
-        if arm.asset in trials and pair in (None, arm.name)
+        if arm.measurement in trials and pair in (None, arm.name)
     ]
     arms += rerun_arms(arms)
     claimed = claims(policy)
-    jobs = [(arm, world, trials[arm.asset]) for arm in arms for world in (0, 1)]
+    jobs = [(arm, world, trials[arm.measurement]) for arm in arms for world in (0, 1)]
     if workers <= 1:
         drawn = [_sample(*job) for job in jobs]
     else:
@@ -559,24 +558,24 @@ def run_audit(
     results = []
     for i, arm in enumerate(arms):
         (d, t0), (d1, t1) = drawn[2 * i], drawn[2 * i + 1]
-        n = trials[arm.asset]
-        results.append(audit_arm(arm, claimed[arm.asset], n, alpha, (d, d1), t0 + t1))
+        n = trials[arm.measurement]
+        results.append(audit_arm(arm, claimed[arm.measurement], n, alpha, (d, d1), t0 + t1))
     return results
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def per_asset(results: list[ArmResult]) -> list[ArmResult]:
-    """Each asset's arm with the largest epsilon lower bound (ties: the largest rho one)."""
+def per_measurement(results: list[ArmResult]) -> list[ArmResult]:
+    """Each measurement's arm with the largest epsilon lower bound (ties: the largest rho one)."""
     best: dict[str, ArmResult] = {}
     for r in results:
         key = (r.epsilon_lower_bound, r.rho_lower_bound)
-        if r.asset not in best or key > (
-            best[r.asset].epsilon_lower_bound,
-            best[r.asset].rho_lower_bound,
+        if r.measurement not in best or key > (
+            best[r.measurement].epsilon_lower_bound,
+            best[r.measurement].rho_lower_bound,
         ):
-            best[r.asset] = r
+            best[r.measurement] = r
     return list(best.values())
 
 
@@ -587,7 +586,7 @@ def results_table(results: list[ArmResult]) -> str:
     frame = pd.DataFrame(
         [
             {
-                "asset": r.asset,
+                "measurement": r.measurement,
                 "pair": r.pair,
                 "trials": r.trials,
                 "coords": r.coordinates,
@@ -616,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         "--trials-for",
         action="append",
         default=[],
-        metavar="ASSET=N",
-        help="runs for one asset (repeatable), e.g. cohort_sizes=400000",
+        metavar="MEASUREMENT=N",
+        help="runs for one measurement (repeatable), e.g. cohort_sizes=400000",
     )
     parser.add_argument(
         "--policy",
@@ -630,14 +629,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", dest="json_path", help="also write the JSON to this file")
     args = parser.parse_args(argv)
-    trials = dict.fromkeys(AUDITED, args.trials)
+    audited = measurements.audited()
+    trials = dict.fromkeys(audited, args.trials)
     for item in args.trials_for:
-        asset, _, n = item.partition("=")
-        if asset not in trials or not n.isdigit():
-            parser.error(f"--trials-for {item!r}: expected ASSET=N, ASSET one of {AUDITED}")
-        trials[asset] = int(n)
+        measurement, _, n = item.partition("=")
+        if measurement not in trials or not n.isdigit():
+            parser.error(f"--trials-for {item!r}: expected MEASUREMENT=N, one of {audited}")
+        trials[measurement] = int(n)
     if min(trials.values()) < 100:
-        parser.error("every asset needs at least 100 trials")
+        parser.error("every measurement needs at least 100 trials")
     start = time.perf_counter()
     policy = load_policy(args.policy)
     population = base_population(policy, args.users)
@@ -647,17 +647,17 @@ def main(argv: list[str] | None = None) -> int:
         "alpha": args.alpha,
         "users": args.users,
         "seconds": round(time.perf_counter() - start, 1),
-        "per_asset": [asdict(r) for r in per_asset(results)],
+        "per_measurement": [asdict(r) for r in per_measurement(results)],
         "results": [asdict(r) for r in results],
     }
-    print(results_table(per_asset(results)))
+    print(results_table(per_measurement(results)))
     print()
     print(results_table(results))
     print(json.dumps(payload, indent=2))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(payload, f, indent=2)
-    failed = [f"{r.asset} ({r.pair})" for r in results if not r.passed]
+    failed = [f"{r.measurement} ({r.pair})" for r in results if not r.passed]
     if failed:
         print(
             "END-TO-END AUDIT FAILED: lower bound above the claim: " + "; ".join(failed),
