@@ -298,8 +298,12 @@ def test_a_dimension_moves_a_user_between_cohorts_never_into_two(events):
         assert distance <= metrics.sensitivity * (1 + 1e-9)
 
 
-def test_the_notice_names_a_new_dimension():
-    policy = with_dimension("duration", NEW_DIMENSIONS["mean_duration_s"])
-    text = notice_markdown(policy)
-    assert "exactly one cohort by four traits:" in text
-    assert "- how long your sessions lasted on average: short (fewer than 60 seconds)" in text
+@pytest.mark.parametrize("source", sorted(NEW_DIMENSIONS))
+def test_the_notice_describes_a_new_dimension(source):
+    policy = with_dimension("extra", NEW_DIMENSIONS[source])
+    lines = notice_markdown(policy).splitlines()
+    [at] = [i for i, x in enumerate(lines) if x.endswith("exactly one cohort by four traits:")]
+    line = [x for x in lines[at + 1 :] if x][3]  # after the default policy's three
+    assert all(label in line for label in policy.dimensions[-1].labels), line
+    if source == "mean_duration_s":
+        assert line.startswith("- how long your sessions lasted on average: short (fewer than 60")
