@@ -175,10 +175,18 @@ def _bounding_sql_s(con, policy, day: dt.date, data: Path) -> float:
 
 
 def plain_queries(policy, outcome_start: dt.date, catalog: Path, user_key="user_id") -> list[str]:
-    from cohort_pipeline.privacy.bounding import _band, _device_group
+    from cohort_pipeline.privacy.bounding import cohort_key_sql
 
     events = f"(SELECT * FROM private.raw_events WHERE release_date = DATE '{RELEASE_DATE}')"
-    recency = _band("days_since_purchase", policy.recency_edges, policy.recency_labels[:-1])
+    cohort_key = cohort_key_sql(
+        policy,
+        {
+            "session_count": "u.n",
+            "days_since_purchase": "days_since_purchase",
+            "mean_duration_s": "u.d",
+            "device_type": "u.device_type",
+        },
+    )
     start = f"TIMESTAMPTZ '{outcome_start} 00:00:00+00'"
     users = f"""
         CREATE OR REPLACE TEMP TABLE plain_users AS
@@ -193,10 +201,7 @@ def plain_queries(policy, outcome_start: dt.date, catalog: Path, user_key="user_
                      bool_or(event_time >= {start}) AS converted
               FROM {events} WHERE event_type = 'purchase' GROUP BY user_id)
         SELECT u.user_id, u.n, u.d, coalesce(p.converted, false)::INT AS converted,
-               {_band("u.n", policy.engagement_edges, policy.engagement_labels)} || '|'
-               || CASE WHEN days_since_purchase IS NULL THEN '{policy.recency_labels[-1]}'
-                       ELSE {recency} END
-               || '|' || {_device_group(policy, "u.device_type")} AS cohort_key
+               {cohort_key} AS cohort_key
         FROM u LEFT JOIN p USING (user_id)
     """
     weights = " ".join(f"WHEN '{k}' THEN {v}" for k, v in policy.category_weights.items())

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -34,10 +35,38 @@ class PolicyError(ValueError):
     """A policy file that is invalid or unsafe; the message names the key at fault."""
 
 
+# What a cohort dimension reads. A banded dimension cuts a per-user quantity (computed by
+# privacy/bounding.py) at its edges; a quantity a user can lack (True here) also needs a
+# `none_label`. A grouped dimension maps an event column (the value of most of a user's
+# sessions) to groups that place every value the column can hold.
+QUANTITIES = {"session_count": False, "days_since_purchase": True, "mean_duration_s": False}
+GROUPED_COLUMNS = {"device_type": DEVICE_TYPES}
+# Columns beside the dimensions' in private.user_profiles and release.cohort_sizes.
+_TAKEN_NAMES = {
+    "user_id", "cohort_key", "sessions", "mean_duration_s", "converted", "release_date",
+    "members", "noisy_users", "noise_scale", "accuracy_95", "policy_hash", "reservation_id",
+    "ledger_seq",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Dimension:
+    """One part of the cohort key: `labels` in key order. Banded: `quantity` cut at `edges`
+    (label i below edges[i], the last from the last edge up), then `none_label` for a user
+    without the quantity. Grouped: `column`'s value mapped to the group holding it."""
+
     name: str
     labels: tuple[str, ...]
+    quantity: str | None = None
+    edges: tuple[int, ...] = ()
+    none_label: str | None = None
+    column: str | None = None
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def source(self) -> str:
+        """The quantity or event column the dimension reads."""
+        return self.quantity or self.column
 
 
 @dataclass(frozen=True)
@@ -48,11 +77,7 @@ class Policy:
     partitions_start: date
     lookback_days: int
     outcome_days: int
-    engagement_edges: tuple[int, ...]
-    engagement_labels: tuple[str, ...]
-    recency_edges: tuple[int, ...]
-    recency_labels: tuple[str, ...]  # bands in edge order, then the none-label last
-    device_groups: dict[str, tuple[str, ...]]
+    dimensions: tuple[Dimension, ...]  # in key order
     coarsening_order: tuple[str, ...]
     min_size: int
     max_sessions: int
@@ -73,14 +98,6 @@ class Policy:
     max_change: float
     fairness_floor: float
     top_n: int
-
-    @property
-    def dimensions(self) -> tuple[Dimension, ...]:
-        return (
-            Dimension("engagement", self.engagement_labels),
-            Dimension("recency", self.recency_labels),
-            Dimension("device", tuple(self.device_groups)),
-        )
 
     def cohort_keys(self) -> list[str]:
         """The public key set: every combination of bands, known before any data is read."""
@@ -138,7 +155,10 @@ def _edges(raw, dotted, n_labels):
 
 
 def _labels(raw, dotted):
-    labels = _get(raw, dotted)
+    return _names(_get(raw, dotted), dotted)
+
+
+def _names(labels, dotted):
     if not isinstance(labels, list) or not all(
         isinstance(x, str) and x and x != ALL and "|" not in x for x in labels
     ):
@@ -175,11 +195,80 @@ _KNOWN = {
 }
 
 
-_DIMENSION_KEYS = {
-    "engagement": {"edges", "labels"},
-    "recency": {"edges", "labels", "none_label"},
-    "device": {"groups"},
-}
+_BANDED_KEYS = {"quantity", "edges", "labels", "none_label"}
+_GROUPED_KEYS = {"column", "groups"}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _dimension(raw: dict, name: str) -> Dimension:
+    key = f"cohorts.dimensions.{name}"
+    spec = _get(raw, key)
+    if not isinstance(spec, dict) or ("quantity" in spec) == ("column" in spec):
+        raise PolicyError(
+            f"policy key `{key}` must give either a `quantity` (with edges and labels) or a"
+            " `column` (with groups)"
+        )
+    known = _BANDED_KEYS if "quantity" in spec else _GROUPED_KEYS
+    extra = set(spec) - known
+    if extra:
+        raise PolicyError(
+            f"unknown policy key `{key}.{sorted(extra)[0]}` (known: {', '.join(sorted(known))})"
+        )
+    if "column" in spec:
+        column = spec["column"]
+        if not isinstance(column, str) or column not in GROUPED_COLUMNS:
+            raise PolicyError(
+                f"policy key `{key}.column` must be one of {', '.join(GROUPED_COLUMNS)},"
+                f" got {column!r}"
+            )
+        groups = _get(raw, f"{key}.groups")
+        if not isinstance(groups, dict) or not all(isinstance(m, list) for m in groups.values()):
+            raise PolicyError(
+                f"policy key `{key}.groups` must map group names to lists of {column} values"
+            )
+        labels = _names(list(groups), f"{key}.groups")
+        seen = [v for members in groups.values() for v in members]
+        if sorted(seen) != sorted(GROUPED_COLUMNS[column]):
+            raise PolicyError(
+                f"policy key `{key}.groups` must place each of"
+                f" {', '.join(GROUPED_COLUMNS[column])} in exactly one group, got {seen}"
+            )
+        groups = tuple((g, tuple(m)) for g, m in groups.items())
+        return Dimension(name, labels, column=column, groups=groups)
+    quantity = spec["quantity"]
+    if not isinstance(quantity, str) or quantity not in QUANTITIES:
+        raise PolicyError(
+            f"policy key `{key}.quantity` must be one of {', '.join(QUANTITIES)}, got {quantity!r}"
+        )
+    labels = _labels(raw, f"{key}.labels")
+    edges = _edges(raw, f"{key}.edges", len(labels))
+    none_label = spec.get("none_label")
+    if QUANTITIES[quantity] != (none_label is not None):
+        raise PolicyError(
+            f"policy key `{key}.none_label` is "
+            + (
+                "required: a user can lack"
+                if QUANTITIES[quantity]
+                else "not allowed: every user has"
+            )
+            + f" {quantity}"
+        )
+    if none_label is not None:
+        labels = _names([*labels, none_label], f"{key}.none_label")
+    return Dimension(name, labels, quantity=quantity, edges=edges, none_label=none_label)
+
+
+def _dimensions(raw: dict) -> tuple[Dimension, ...]:
+    dims = _get(raw, "cohorts.dimensions")
+    if not isinstance(dims, dict) or not dims:
+        raise PolicyError("policy key `cohorts.dimensions` must map dimension names to dimensions")
+    for name in dims:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _TAKEN_NAMES:
+            raise PolicyError(
+                f"policy key `cohorts.dimensions.{name}`: a dimension name is lower case letters,"
+                f" digits and _, and none of {', '.join(sorted(_TAKEN_NAMES))}"
+            )
+    return tuple(_dimension(raw, name) for name in dims)
 
 
 def _reject_unknown(raw: dict) -> None:
@@ -216,48 +305,13 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
             f" `release.lookback_days` ({lookback})"
         )
 
-    eng_labels = _labels(raw, "cohorts.dimensions.engagement.labels")
-    eng_edges = _edges(raw, "cohorts.dimensions.engagement.edges", len(eng_labels))
-    rec_labels = _labels(raw, "cohorts.dimensions.recency.labels")
-    rec_edges = _edges(raw, "cohorts.dimensions.recency.edges", len(rec_labels))
-    none_label = _get(raw, "cohorts.dimensions.recency.none_label")
-    if (
-        not isinstance(none_label, str)
-        or none_label in rec_labels
-        or not none_label
-        or "|" in none_label
-    ):
-        raise PolicyError(
-            "policy key `cohorts.dimensions.recency.none_label` must be a new, non-empty name"
-        )
-    groups = _get(raw, "cohorts.dimensions.device.groups")
-    if not isinstance(groups, dict) or not groups:
-        raise PolicyError(
-            "policy key `cohorts.dimensions.device.groups` must map group names to device types"
-        )
-    _labels({"g": list(groups)}, "g")
-    seen = [d for members in groups.values() for d in (members or [])]
-    if sorted(seen) != sorted(DEVICE_TYPES):
-        raise PolicyError(
-            "policy key `cohorts.dimensions.device.groups` must place each of"
-            f" {', '.join(DEVICE_TYPES)} in exactly one group, got {seen}"
-        )
-    dims = _get(raw, "cohorts.dimensions")
-    extra_dims = set(dims) - set(_DIMENSION_KEYS)
-    if extra_dims:
-        raise PolicyError(f"unknown policy key `cohorts.dimensions.{sorted(extra_dims)[0]}`")
-    for dim, known in _DIMENSION_KEYS.items():
-        extra = set(dims[dim]) - known
-        if extra:
-            raise PolicyError(
-                f"unknown policy key `cohorts.dimensions.{dim}.{sorted(extra)[0]}`"
-                f" (known: {', '.join(sorted(known))})"
-            )
+    dimensions = _dimensions(raw)
+    names = [d.name for d in dimensions]
     order = _get(raw, "cohorts.coarsening_order")
-    if not isinstance(order, list) or sorted(order) != ["device", "engagement", "recency"]:
+    if not isinstance(order, list) or sorted(order) != sorted(names):
         raise PolicyError(
-            "policy key `cohorts.coarsening_order` must list engagement, recency and device"
-            f" once each, got {order!r}"
+            f"policy key `cohorts.coarsening_order` must list {', '.join(names)} once each,"
+            f" got {order!r}"
         )
     min_size = _number(raw, "cohorts.min_size", lo=MIN_SAFE_K, hi=MAX_K, integer=True)
 
@@ -310,7 +364,13 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
             f" ({delta:g}): one release alone composes to delta"
         )
 
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    # Keys sorted, but the dimensions' order is the cohort keys' order, so it is hashed too.
+    canonical = json.dumps(
+        {"policy": raw, "dimension_order": names},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
     return Policy(
         raw=raw,
         hash=hashlib.sha256(canonical.encode()).hexdigest()[:16],
@@ -318,11 +378,7 @@ def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
         partitions_start=partitions_start,
         lookback_days=lookback,
         outcome_days=outcome,
-        engagement_edges=eng_edges,
-        engagement_labels=eng_labels,
-        recency_edges=rec_edges,
-        recency_labels=(*rec_labels, none_label),
-        device_groups={g: tuple(m) for g, m in groups.items()},
+        dimensions=dimensions,
         coarsening_order=tuple(order),
         min_size=min_size,
         max_sessions=_number(raw, "bounds.max_sessions", lo=1, integer=True),

@@ -65,7 +65,8 @@ def test_the_band_edge_user_is_alone_in_their_cohort_and_on_its_edges(population
     assert [list(x) for x in sizes.exact] == [[0.0], [1.0]]  # one full key, empty in D
     # One session fewer or more moves them to a neighbouring engagement band.
     user = e2e.band_edge_user(POL, "mid|none|mobile", "i00001")
-    assert user["session_id"].nunique() == POL.engagement_edges[0]
+    engagement = next(d for d in POL.dimensions if d.name == "engagement")
+    assert user["session_id"].nunique() == engagement.edges[0]
 
 
 def test_an_unclamped_max_sessions_is_caught(population, monkeypatch):

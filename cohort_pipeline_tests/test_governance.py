@@ -225,7 +225,7 @@ def test_privacy_notice_is_generated_from_the_policy(releases):
         assert f"epsilon = {policy.epsilon_horizon_cap:g}" in text
         assert "add up too" not in text  # zcdp: every figure is at the policy's delta
         assert "cohort-pipeline opt-out add" in text
-        for label in (*policy.engagement_labels, *policy.recency_labels, *policy.device_groups):
+        for label in (label for d in policy.dimensions for label in d.labels):
             assert label in text
     # A policy change changes the notice.
     raw = yaml.safe_load(POLICY.read_text())

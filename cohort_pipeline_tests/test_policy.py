@@ -60,6 +60,43 @@ BAD = [
         "cohorts.dimensions.device.groups",
     ),
     ({"cohorts.dimensions.engagement.labelz": ["x"]}, "cohorts.dimensions.engagement.labelz"),
+    # A dimension reads a known per-user quantity or event column, and only one.
+    (
+        {
+            "cohorts.dimensions.tenure": {
+                "quantity": "account_age",
+                "edges": [9],
+                "labels": ["a", "b"],
+            }
+        },
+        "cohorts.dimensions.tenure.quantity",
+    ),
+    (
+        {"cohorts.dimensions.country": {"column": "country", "groups": {"eu": ["de"]}}},
+        "cohorts.dimensions.country.column",
+    ),
+    ({"cohorts.dimensions.engagement.column": "device_type"}, "cohorts.dimensions.engagement"),
+    ({"cohorts.dimensions.device.quantity": None}, "cohorts.dimensions.device"),
+    ({"cohorts.dimensions.recency.none_label": None}, "cohorts.dimensions.recency.none_label"),
+    ({"cohorts.dimensions.recency.none_label": "recent"}, "cohorts.dimensions.recency.none_label"),
+    (
+        {"cohorts.dimensions.engagement.none_label": "idle"},
+        "cohorts.dimensions.engagement.none_label",
+    ),
+    ({"cohorts.dimensions.device.groups": {"all": "mobile"}}, "cohorts.dimensions.device.groups"),
+    (
+        {"cohorts.dimensions.members": {"quantity": "session_count", "edges": [], "labels": ["a"]}},
+        "cohorts.dimensions.members",
+    ),
+    (
+        {"cohorts.dimensions.Big": {"quantity": "session_count", "edges": [], "labels": ["a"]}},
+        "cohorts.dimensions.Big",
+    ),
+    (
+        {"cohorts.dimensions.extra": {"quantity": "session_count", "edges": [], "labels": ["a"]}},
+        "cohorts.coarsening_order",
+    ),
+    ({"cohorts.dimensions": {}}, "cohorts.dimensions"),
     ({"budget.epsilon_per_releas": 1.0}, "budget.epsilon_per_releas"),
     ({"budgett": {}}, "budgett"),
     ({"bounds.session_duration_s": [100, 10]}, "bounds.session_duration_s"),

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from cohort_pipeline.logic.alerts import BUDGET_THRESHOLDS
-from cohort_pipeline.policy import ALL, Policy
+from cohort_pipeline.policy import ALL, Dimension, Policy
 from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
@@ -293,6 +293,36 @@ def _bands(edges, labels, unit: str) -> str:
     return ", ".join(parts)
 
 
+# What the notice calls each quantity or event column a dimension reads (policy.QUANTITIES,
+# policy.GROUPED_COLUMNS): the trait (`{outcome_days}` from the policy), the bands' unit, and
+# what a user without the quantity did not do.
+_TRAITS = {
+    "session_count": ("how active you were", "sessions", None),
+    "days_since_purchase": (
+        "how recently you bought something before the last {outcome_days} days",
+        "days",
+        "no purchase",
+    ),
+    "mean_duration_s": ("how long your sessions lasted on average", "seconds", None),
+    "device_type": ("your main device", None, None),
+}
+_COUNTS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _traits_count(policy: Policy) -> str:
+    n = len(policy.dimensions)
+    return f"{_COUNTS[n] if n < len(_COUNTS) else n} trait{'s' * (n != 1)}"
+
+
+def _trait(policy: Policy, dimension: Dimension) -> str:
+    trait, unit, missing = _TRAITS[dimension.source]
+    trait = trait.format(outcome_days=policy.outcome_days)
+    if dimension.column:
+        return f"- {trait}: " + "; ".join(f"{g}: {', '.join(m)}" for g, m in dimension.groups)
+    text = f"- {trait}: " + _bands(dimension.edges, dimension.labels, unit)
+    return text + (f", or {dimension.none_label} ({missing})" if dimension.none_label else "")
+
+
 def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
     """The notice as (heading, paragraphs) from the policy: one source for Markdown and HTML."""
     factor = math.exp(policy.epsilon_per_release)
@@ -304,7 +334,6 @@ def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
         if policy.composition == "basic"
         else ""
     )
-    devices = "; ".join(f"{g}: {', '.join(m)}" for g, m in policy.device_groups.items())
     return [
         (
             "What we use",
@@ -320,14 +349,8 @@ def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
         (
             "The cohorts",
             [
-                "Each person is placed in exactly one cohort by three traits:",
-                "- how active you were: "
-                + _bands(policy.engagement_edges, policy.engagement_labels, "sessions"),
-                "- how recently you bought something before the last "
-                f"{policy.outcome_days} days: "
-                + _bands(policy.recency_edges, policy.recency_labels, "days")
-                + f", or {policy.recency_labels[-1]} (no purchase)",
-                f"- your main device: {devices}",
+                f"Each person is placed in exactly one cohort by {_traits_count(policy)}:",
+                *(_trait(policy, d) for d in policy.dimensions),
                 f"A cohort is published only if it has at least about {policy.min_size} people "
                 "(its noisy count); smaller cohorts are merged with similar ones first.",
             ],

@@ -4,8 +4,11 @@ These queries turn one release window of validated events into per-user rows who
 contribution to any released aggregate is bounded, which is what every mechanism's
 sensitivity rests on:
 
-- `user_profiles`: one row per user, so a user is in exactly one cohort; `sessions` is
-  clamped to [0, max_sessions], `mean_duration_s` to the policy range, `converted` is 0/1.
+- `user_profiles`: one row per user, so a user is in exactly one cohort: its key joins the
+  user's label on each of the policy's `cohorts.dimensions` (a band of a per-user quantity
+  or a group of an event column's value), so a dimension moves a user between cohorts and
+  never into two. `sessions` is clamped to [0, max_sessions], `mean_duration_s` to the
+  policy range, `converted` is 0/1.
 - `user_categories`: a user's weighted category engagement, scaled to L2 norm
   `category_l2_norm` (exactly, or 0 for no engagement).
 - `user_items`: the distinct items a user touched, each 1/sqrt(n), scaled to `item_l2_norm`.
@@ -22,10 +25,11 @@ per-user vectors was most of the DP step's time; docs/scale.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from cohort_pipeline.policy import DEVICE_TYPES, Policy
+from cohort_pipeline.policy import GROUPED_COLUMNS, Dimension, Policy
 
 
 def window(policy: Policy, release_date: date) -> tuple[date, date, date]:
@@ -35,45 +39,75 @@ def window(policy: Policy, release_date: date) -> tuple[date, date, date]:
     return first, outcome_start, release_date
 
 
+def _text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _band(expr: str, edges, labels) -> str:
     whens = " ".join(
-        f"WHEN {expr} < {edge} THEN '{label}'" for edge, label in zip(edges, labels, strict=False)
+        f"WHEN {expr} < {edge} THEN {_text(label)}"
+        for edge, label in zip(edges, labels, strict=False)
     )
-    return f"CASE {whens} ELSE '{labels[len(edges)]}' END"
+    return f"CASE {whens} ELSE {_text(labels[len(edges)])} END"
 
 
-def _device_group(policy: Policy, expr: str) -> str:
+def _group(expr: str, groups) -> str:
     whens = " ".join(
-        f"WHEN {expr} IN ({', '.join(repr(m) for m in members)}) THEN '{group}'"
-        for group, members in policy.device_groups.items()
+        f"WHEN {expr} IN ({', '.join(_text(m) for m in members)}) THEN {_text(group)}"
+        for group, members in groups
     )
     return f"CASE {whens} END"
 
 
-def _most_sessions_device(expr: str) -> str:
-    # The device of most of a user's sessions, ties to the last name: counted per device type
-    # inside the per-user aggregate (validated events only carry DEVICE_TYPES), which is ~1 s
-    # less at 100M events than a (user, device) aggregate and a join.
-    counts = ", ".join(f"{{'n': count_if({expr} = '{d}'), 'd': '{d}'}}" for d in DEVICE_TYPES)
+def label_sql(dimension: Dimension, value: str) -> str:
+    """A user's label on `dimension`, from `value`, the SQL of the quantity or event column
+    it reads (see policy.QUANTITIES and policy.GROUPED_COLUMNS)."""
+    if dimension.column:
+        return _group(value, dimension.groups)
+    bands = _band(value, dimension.edges, dimension.labels)
+    if dimension.none_label is None:
+        return bands
+    return f"CASE WHEN {value} IS NULL THEN {_text(dimension.none_label)} ELSE {bands} END"
+
+
+def cohort_key_sql(policy: Policy, values: Mapping[str, str]) -> str:
+    """A user's full cohort key: the labels on every dimension, in key order, '|'-separated.
+    `values` maps each quantity or column the dimensions read to its SQL."""
+    return " || '|' || ".join(label_sql(d, values[d.source]) for d in policy.dimensions)
+
+
+def _most_sessions(column: str) -> str:
+    # The value of most of a user's sessions, ties to the last name: counted per value inside
+    # the per-user aggregate (validated events only carry the column's known values), which
+    # is ~1 s less at 100M events than a (user, value) aggregate and a join.
+    counts = ", ".join(
+        f"{{'n': count_if({column} = {_text(v)}), 'd': {_text(v)}}}"
+        for v in GROUPED_COLUMNS[column]
+    )
     return f"greatest({counts}).d"
 
 
 def user_profiles_sql(policy: Policy, release_date: date, events: str) -> str:
+    """One row per user: user_id, cohort_key, the user's label on each dimension (a column
+    named after it) and the bounded values sessions, mean_duration_s and converted."""
     _, outcome_start, _ = window(policy, release_date)
     lo, hi = policy.session_duration_s
-    recency_bands = _band("b.days_since_purchase", policy.recency_edges, policy.recency_labels[:-1])
+    columns = sorted({d.column for d in policy.dimensions if d.column})
+    session_columns = "".join(f", arg_min({c}, event_time) AS {c}" for c in columns)
+    user_columns = "".join(f", {_most_sessions(c)} AS {c}" for c in columns)
+    labels = ", ".join(f'{label_sql(d, d.source)} AS "{d.name}"' for d in policy.dimensions)
+    key = " || '|' || ".join(f'"{d.name}"' for d in policy.dimensions)
+    names = ", ".join(f'"{d.name}"' for d in policy.dimensions)
+    # `quantities` has a column for each name in policy.QUANTITIES and each grouped column:
+    # the labels are computed from them.
     return f"""
     WITH sessions AS (
-        SELECT user_id, session_id,
-               max(session_duration_s) AS duration_s,
-               arg_min(device_type, event_time) AS device_type
+        SELECT user_id, session_id, max(session_duration_s) AS duration_s{session_columns}
         FROM {events} GROUP BY user_id, session_id
     ),
     per_user AS (
-        SELECT user_id,
-               count(*) AS n_sessions,
-               coalesce(avg(duration_s), {lo}) AS raw_mean_duration,
-               {_most_sessions_device("device_type")} AS device_type
+        SELECT user_id, count(*) AS n_sessions,
+               coalesce(avg(duration_s), {lo}) AS raw_mean_duration{user_columns}
         FROM sessions GROUP BY user_id
     ),
     purchases AS (
@@ -83,20 +117,20 @@ def user_profiles_sql(policy: Policy, release_date: date, events: str) -> str:
                bool_or(event_time >= TIMESTAMPTZ '{outcome_start} 00:00:00+00') AS converted
         FROM {events} WHERE event_type = 'purchase' GROUP BY user_id
     ),
-    banded AS (
-        SELECT p.user_id,
-               {_band("p.n_sessions", policy.engagement_edges, policy.engagement_labels)} AS engagement,
-               CASE WHEN b.days_since_purchase IS NULL THEN '{policy.recency_labels[-1]}'
-                    ELSE {recency_bands} END AS recency,
-               {_device_group(policy, "p.device_type")} AS device,
+    quantities AS (
+        SELECT p.user_id{"".join(f", p.{c}" for c in columns)},
+               p.n_sessions AS session_count,
+               b.days_since_purchase,
                least(p.n_sessions, {policy.max_sessions}) AS sessions,
                greatest({lo}, least({hi}, p.raw_mean_duration)) AS mean_duration_s,
                CAST(coalesce(b.converted, false) AS INTEGER) AS converted
         FROM per_user p LEFT JOIN purchases b USING (user_id)
+    ),
+    labelled AS (
+        SELECT user_id, {labels}, sessions, mean_duration_s, converted FROM quantities
     )
-    SELECT user_id, engagement || '|' || recency || '|' || device AS cohort_key,
-           engagement, recency, device, sessions, mean_duration_s, converted
-    FROM banded
+    SELECT user_id, {key} AS cohort_key, {names}, sessions, mean_duration_s, converted
+    FROM labelled
     """
 
 

@@ -167,23 +167,28 @@ def maximal_user(policy: Policy, population: Population) -> pd.DataFrame:
 
 
 def band_edge_user(policy: Policy, cohort_key: str, item: str) -> pd.DataFrame:
-    """A user of `cohort_key` on an edge of its engagement and recency bands (the lower edge,
-    or the upper one of a first band): one session more or fewer, or a purchase a day earlier
-    or later, would put them in the neighbouring cohort."""
-    engagement, recency, device = cohort_key.split("|")
+    """A user of `cohort_key` on an edge of each of its bands (the lower edge, or the upper
+    one of a first band): one session more or fewer, or a purchase a day earlier or later,
+    would put them in the neighbouring cohort."""
     first, outcome_start, _ = window(policy, RELEASE_DATE)
-    e = policy.engagement_labels.index(engagement)
-    n_sessions = policy.engagement_edges[e - 1] if e else policy.engagement_edges[0] - 1
-    r = policy.recency_labels.index(recency)  # the last label: no purchase before the outcome
-    device_type = policy.device_groups[device][0]
+    # The user's value of each quantity and column its dimensions read (None: lacks it).
+    value = {"session_count": 1, "days_since_purchase": None, "mean_duration_s": 60.0}
+    for dim, label in zip(policy.dimensions, cohort_key.split("|"), strict=True):
+        if dim.column:
+            value[dim.column] = dict(dim.groups)[label][0]
+        elif label != dim.none_label:
+            band = dim.labels.index(label)
+            upper = dim.edges[0] - 1 if dim.edges else 1  # of the first band
+            value[dim.quantity] = dim.edges[band - 1] if band else upper
+    device_type = value.get("device_type", "desktop")
+    duration = float(value["mean_duration_s"])
     sessions = [
-        (first + timedelta(days=i % policy.lookback_days), device_type, 60.0, [("view", item)])
-        for i in range(max(n_sessions, 1))
+        (first + timedelta(days=i % policy.lookback_days), device_type, duration, [("view", item)])
+        for i in range(max(value["session_count"], 1))
     ]
-    if r < len(policy.recency_labels) - 1:
-        days_since = policy.recency_edges[r - 1] if r else policy.recency_edges[0] - 1
-        purchase_day = outcome_start - timedelta(days=days_since)
-        sessions[0] = (purchase_day, device_type, 60.0, [("purchase", item)])
+    if value["days_since_purchase"] is not None:
+        purchase_day = outcome_start - timedelta(days=value["days_since_purchase"])
+        sessions[0] = (purchase_day, device_type, duration, [("purchase", item)])
     return user_events("audit-band-edge", sessions)
 
 
