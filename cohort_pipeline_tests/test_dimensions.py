@@ -28,8 +28,8 @@ from cohort_pipeline.policy import (
     parse_policy,
 )
 from cohort_pipeline.privacy.bounding import window
+from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import (
-    mechanisms,
     release_cohort_metrics,
     release_cohort_sizes,
 )
@@ -286,7 +286,9 @@ def test_a_dimension_moves_a_user_between_cohorts_never_into_two(events):
     def vectors(tables):
         sizes, metrics = Recorder(mechs["cohort_sizes"]), Recorder(mechs["cohort_metrics"])
         release_cohort_sizes(tables["cohort_totals"], policy, sizes)
-        release_cohort_metrics(tables["cohort_totals"], plan, policy, metrics)
+        release_cohort_metrics(
+            tables["cohort_totals"], plan, policy, metrics, mechs["cohort_sizes"]
+        )
         return sizes, metrics
 
     before = vectors(full)
