@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import yaml
 
 from cohort_pipeline.privacy.accounting import COMPOSITIONS
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_TYPES
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
-DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
 # The measurements of one release, in graph order; `budget.split` must name exactly these.
 MEASURED_ASSETS = (
     "cohort_sizes",
@@ -202,18 +200,20 @@ def _reject_unknown(raw: dict) -> None:
                 )
 
 
-def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
+def parse_policy(raw: dict, path: str = "<memory>", partitions_start: date | None = None) -> Policy:
+    """The validated policy; `partitions_start` (COHORT_PIPELINE_PARTITIONS_START) replaces
+    release.partitions_start when given."""
     if not isinstance(raw, dict):
         raise PolicyError(f"{path}: the policy must be a YAML mapping")
     _reject_unknown(raw)
-    start_env = os.environ.get("COHORT_PIPELINE_PARTITIONS_START")
-    start_raw = start_env or _get(raw, "release.partitions_start")
-    try:
-        partitions_start = date.fromisoformat(str(start_raw))
-    except ValueError as exc:
-        raise PolicyError(
-            f"policy key `release.partitions_start` must be YYYY-MM-DD, got {start_raw!r}"
-        ) from exc
+    if partitions_start is None:
+        start_raw = _get(raw, "release.partitions_start")
+        try:
+            partitions_start = date.fromisoformat(str(start_raw))
+        except ValueError as exc:
+            raise PolicyError(
+                f"policy key `release.partitions_start` must be YYYY-MM-DD, got {start_raw!r}"
+            ) from exc
     lookback = _number(raw, "release.lookback_days", lo=2, hi=366, integer=True)
     outcome = _number(raw, "release.outcome_days", lo=1, integer=True)
     if outcome >= lookback:
@@ -389,7 +389,8 @@ def budget_problem(policy: Policy) -> str | None:
     return None
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, partitions_start: date | None = None) -> Policy:
+    """The policy file at `path`, validated (see parse_policy)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -402,6 +403,6 @@ def load_policy(path: str | Path) -> Policy:
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from None
     try:
-        return parse_policy(raw, str(path))
+        return parse_policy(raw, str(path), partitions_start)
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from None

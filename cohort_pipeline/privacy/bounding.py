@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from cohort_pipeline.policy import DEVICE_TYPES, Policy
+from cohort_pipeline.policy import Policy
+from cohort_pipeline.schema import DEVICE_TYPES
 
 
 def window(policy: Policy, release_date: date) -> tuple[date, date, date]:
