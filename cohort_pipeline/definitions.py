@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -36,43 +35,38 @@ from cohort_pipeline.defs.common import DAILY
 from cohort_pipeline.defs.conventions import with_conventions
 from cohort_pipeline.defs.sensors import drift_ranking_refresh, ranking_refresh
 from cohort_pipeline.engines import engine_for
-from cohort_pipeline.resources import (
-    LedgerResource,
-    PipelineResource,
-    WarehouseResource,
-    data_dir,
-    policy_path,
-)
+from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
+from cohort_pipeline.settings import Settings, current
 
 ASSET_MODULES = [ingest, cohorts, privacy, budget, metrics, ranking, experiments, governance]
 
 
-def keep_windows() -> int:
-    """COHORT_PIPELINE_KEEP_WINDOWS: how many release dates keep their validated window."""
-    raw = os.environ.get("COHORT_PIPELINE_KEEP_WINDOWS", "8").strip()
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(
-            f"COHORT_PIPELINE_KEEP_WINDOWS={raw!r}: expected a whole number of release dates, at"
-            " least 1 (the date being released)"
-        )
-    return int(raw)
-
-
-def resources_for(data: Path | str | None = None, policy: Path | str | None = None) -> dict:
-    """The embedded setup: DuckDB files in the data folder. Another engine swaps this dict."""
-    data = Path(data or data_dir())
+def resources_for(
+    data: Path | str | None = None,
+    policy: Path | str | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """The embedded setup: DuckDB files in the data folder. Another engine swaps this dict.
+    `settings` default to the environment's, read now; `data` and `policy` override them."""
+    settings = settings or Settings.from_env()
+    if data is not None:
+        settings = settings.with_data_dir(data)
+    start = settings.partitions_start
     return {
         "pipeline": PipelineResource(
-            data_dir=str(data), policy_path=str(policy or policy_path(data))
+            data_dir=str(settings.data_dir),
+            policy_path=str(policy or settings.policy_path),
+            partitions_start=start.isoformat() if start else "",
+            alert_webhook=settings.alert_webhook,
         ),
         "warehouse": WarehouseResource(
-            path=str(data / "warehouse.duckdb"),
-            memory_limit=os.environ.get("COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT", ""),
-            temp_directory=os.environ.get("COHORT_PIPELINE_DUCKDB_TEMP_DIR", ""),
-            keep_windows=keep_windows(),
+            path=str(settings.folder.warehouse),
+            memory_limit=settings.duckdb_memory_limit,
+            temp_directory=settings.duckdb_temp_dir,
+            keep_windows=settings.keep_windows,
         ),
-        "ledger": LedgerResource(path=str(data / "ledger.duckdb")),
-        "engine": engine_for(data),  # where the bounding SQL runs: COHORT_PIPELINE_ENGINE
+        "ledger": LedgerResource(path=str(settings.folder.ledger)),
+        "engine": engine_for(settings),  # where the bounding SQL runs: COHORT_PIPELINE_ENGINE
     }
 
 
@@ -123,6 +117,6 @@ defs = Definitions(
     jobs=[daily_release, ranking_refresh],
     schedules=[daily_release_schedule],
     sensors=[drift_ranking_refresh, automation],
-    resources=resources_for(),
+    resources=resources_for(settings=current()),  # the settings DAILY starts from
     executor=in_process_executor,
 )

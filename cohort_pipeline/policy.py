@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
-DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_TYPES
+
 # How many releases compose (privacy/accounting.py implements both).
 COMPOSITIONS = ("zcdp", "basic")
 # Keys of earlier policy files and their names now: a policy using one is refused, naming both.
@@ -285,18 +284,20 @@ def _reject_unknown(raw: dict) -> None:
                 )
 
 
-def parse_policy(raw: dict, path: str = "<memory>") -> Policy:
+def parse_policy(raw: dict, path: str = "<memory>", partitions_start: date | None = None) -> Policy:
+    """The validated policy; `partitions_start` (COHORT_PIPELINE_PARTITIONS_START) replaces
+    release.partitions_start when given."""
     if not isinstance(raw, dict):
         raise PolicyError(f"{path}: the policy must be a YAML mapping")
     _reject_unknown(raw)
-    start_env = os.environ.get("COHORT_PIPELINE_PARTITIONS_START")
-    start_raw = start_env or _get(raw, "release.partitions_start")
-    try:
-        partitions_start = date.fromisoformat(str(start_raw))
-    except ValueError as exc:
-        raise PolicyError(
-            f"policy key `release.partitions_start` must be YYYY-MM-DD, got {start_raw!r}"
-        ) from exc
+    if partitions_start is None:
+        start_raw = _get(raw, "release.partitions_start")
+        try:
+            partitions_start = date.fromisoformat(str(start_raw))
+        except ValueError as exc:
+            raise PolicyError(
+                f"policy key `release.partitions_start` must be YYYY-MM-DD, got {start_raw!r}"
+            ) from exc
     lookback = _number(raw, "release.lookback_days", lo=2, hi=366, integer=True)
     outcome = _number(raw, "release.outcome_days", lo=1, integer=True)
     if outcome >= lookback:
@@ -418,7 +419,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, partitions_start: date | None = None) -> Policy:
+    """The policy file at `path`, validated (see parse_policy)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -431,6 +433,6 @@ def load_policy(path: str | Path) -> Policy:
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from None
     try:
-        return parse_policy(raw, str(path))
+        return parse_policy(raw, str(path), partitions_start)
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from None

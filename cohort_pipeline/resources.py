@@ -1,4 +1,5 @@
-"""Resources: settings from the environment, the DuckDB warehouse and the ledger store.
+"""Resources: where the inputs live and which policy governs them, the DuckDB warehouse and
+the ledger store (their settings come from settings.py).
 
 Assets name resource keys only ("pipeline", "warehouse", "ledger"), so another engine is a
 swap of the resources dict in definitions.py, not an edit of every asset.
@@ -7,9 +8,9 @@ swap of the resources dict in definitions.py, not an edit of every asset.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -18,18 +19,11 @@ from dagster import ConfigurableResource
 
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy.ledger import Ledger
+from cohort_pipeline.settings import DataFolder
 from cohort_pipeline.storage.locking import connect_with_retry
 from cohort_pipeline.storage.private_files import private_dir, private_umask, restrict
 
 SCHEMAS = ("private", "release")
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("COHORT_PIPELINE_DATA_DIR", "data"))
-
-
-def policy_path(data: Path | str | None = None) -> Path:
-    return Path(os.environ.get("COHORT_PIPELINE_POLICY", Path(data or data_dir()) / "policy.yaml"))
 
 
 class PipelineResource(ConfigurableResource):
@@ -37,6 +31,9 @@ class PipelineResource(ConfigurableResource):
 
     data_dir: str
     policy_path: str
+    # YYYY-MM-DD that replaces the policy's release.partitions_start; empty: the policy's.
+    partitions_start: str = ""
+    alert_webhook: str = ""  # URL alerts are POSTed to; empty: recorded only
 
     def policy(self) -> Policy:
         # Parsed once per file content, not once per asset (~9 ms each, 14 per release).
@@ -44,29 +41,36 @@ class PipelineResource(ConfigurableResource):
             stat = Path(self.policy_path).stat()
         except OSError:
             return load_policy(self.policy_path)  # its error names the file
-        return _parsed_policy(self.policy_path, stat.st_mtime_ns, stat.st_size)
+        return _parsed_policy(
+            self.policy_path, self.partitions_start, stat.st_mtime_ns, stat.st_size
+        )
+
+    @property
+    def folder(self) -> DataFolder:
+        return DataFolder(Path(self.data_dir))
 
     @property
     def events_dir(self) -> Path:
-        return Path(self.data_dir) / "events"
+        return self.folder.events
 
     @property
     def catalog_path(self) -> Path:
-        return Path(self.data_dir) / "catalog.csv"
+        return self.folder.catalog
 
     @property
     def opt_outs_path(self) -> Path:
-        return Path(self.data_dir) / "opt_outs.csv"
+        return self.folder.opt_outs
 
     def exports_dir(self, release_date: str) -> Path:
-        path = Path(self.data_dir) / "exports" / release_date
+        path = self.folder.exports / release_date
         path.mkdir(parents=True, exist_ok=True)
         return path
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed_policy(path: str, mtime_ns: int, size: int) -> Policy:
-    return load_policy(path)  # Policy is frozen: sharing one instance is safe
+def _parsed_policy(path: str, partitions_start: str, mtime_ns: int, size: int) -> Policy:
+    start = date.fromisoformat(partitions_start) if partitions_start else None
+    return load_policy(path, partitions_start=start)  # frozen: sharing one instance is safe
 
 
 class WarehouseResource(ConfigurableResource):

@@ -161,7 +161,7 @@ def test_alerts_are_recorded_posted_once_and_survive_a_failing_webhook(tmp_path,
 
 
 def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, monkeypatch):
-    monkeypatch.setenv(alerts.WEBHOOK_ENV, webhook.url)
+    monkeypatch.setenv("COHORT_PIPELINE_ALERT_WEBHOOK", webhook.url)
     # One release (PLD epsilon 0.76 at epsilon_per_release 1) against a cap it fills to 85%.
     one = {"cohorts.min_size": 50, "budget.epsilon_per_release": 1.0}
     spent = release_spend(load_policy(write_policy(small_dir, **one)))[0]

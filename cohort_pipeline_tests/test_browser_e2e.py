@@ -29,7 +29,6 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
-from cohort_pipeline.logic.alerts import WEBHOOK_ENV
 from cohort_pipeline.logic.calendar import first_release_date
 from cohort_pipeline.logic.display import round_half_width, round_to_accuracy
 from cohort_pipeline.policy import load_policy
@@ -73,7 +72,7 @@ def dagster_env(tmp_path: Path, data: Path) -> dict:
         "COHORT_PIPELINE_DATA_DIR": str(data),
         "COHORT_PIPELINE_PARTITIONS_START": start.isoformat(),
     }
-    env.pop(WEBHOOK_ENV, None)
+    env.pop("COHORT_PIPELINE_ALERT_WEBHOOK", None)
     return env
 
 

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cohort_pipeline.tools.generate import DEVICE_TYPES, EVENT_TYPES, SCHEMA, generate
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_ARROW_SCHEMA, EVENT_TYPES
+from cohort_pipeline.tools.generate import generate
 
 END = dt.date(2026, 11, 30)
 SMALL = {"users": 2_000, "days": 10, "end_date": END}
@@ -44,8 +45,8 @@ def test_files_schema_and_values(small):
     assert [f.name for f in files] == expected
     for f in files:
         schema = pq.read_schema(f)
-        assert schema.names == SCHEMA.names
-        assert schema.types == SCHEMA.types
+        assert schema.names == EVENT_ARROW_SCHEMA.names
+        assert schema.types == EVENT_ARROW_SCHEMA.types
         assert schema.field("event_time").type == pa.timestamp("us", tz="UTC")
 
     df = read_events(small)
@@ -157,12 +158,6 @@ def test_invalid_arguments(tmp_path):
         generate(tmp_path, items=10, categories=20)
     with pytest.raises(ValueError):
         generate(tmp_path, users=0)
-
-
-def test_policy_agrees_on_vocabularies():
-    from cohort_pipeline import policy
-
-    assert (EVENT_TYPES, DEVICE_TYPES) == (policy.EVENT_TYPES, policy.DEVICE_TYPES)
 
 
 # Per-user cohort labels as the pipeline defines them, for a window ending at END.

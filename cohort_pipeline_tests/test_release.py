@@ -130,15 +130,6 @@ def test_long_steps_log_their_progress_in_counts_only(small_dir):
     assert not [m for m in validated + bounding if any(name in m for name in files)]
 
 
-def test_keep_windows_must_be_a_positive_count(monkeypatch):
-    from cohort_pipeline.definitions import keep_windows
-
-    for bad in ("0", "-1", "all", "2.5"):
-        monkeypatch.setenv("COHORT_PIPELINE_KEEP_WINDOWS", bad)
-        with pytest.raises(ValueError, match="COHORT_PIPELINE_KEEP_WINDOWS"):
-            keep_windows()
-
-
 def _without_provenance(value):
     """The audit report's provenance table lists the run's own ids, storage ids and times."""
     if isinstance(value, str) and "## Provenance" in value:

@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 from cohort_pipeline.engines import DuckDBEngine
 from cohort_pipeline.logic.experiments import METRICS, release_readouts
-from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy, parse_policy
+from cohort_pipeline.policy import Policy, parse_policy
 from cohort_pipeline.privacy import measurements
 from cohort_pipeline.privacy.bounding import HASHES, IDS, bounded_totals, unique_hashes_sql, window
 from cohort_pipeline.privacy.release import release_cohort_sizes
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_TYPES
 from cohort_pipeline.tools.end_to_end_audit import Recorder
 from cohort_pipeline_tests.conftest import END, POLICY
 

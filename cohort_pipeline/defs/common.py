@@ -4,7 +4,6 @@ release-table writes. Nothing here computes a private value."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +23,8 @@ from cohort_pipeline.defs.tables import preview_table
 from cohort_pipeline.engines import Progress
 from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.guard import Admission
-from cohort_pipeline.resources import (
-    WarehouseResource,
-    policy_path,
-    replace_partition,
-)
+from cohort_pipeline.resources import WarehouseResource, replace_partition
+from cohort_pipeline.settings import Settings, current
 
 CODE_VERSION = "0.1.0"
 
@@ -53,27 +49,26 @@ class Owner:
 FALLBACK_PARTITIONS_START = date(2024, 1, 1)
 
 
-def partitions_start() -> date:
-    """The first release date: COHORT_PIPELINE_PARTITIONS_START, else the policy's
-    release.partitions_start. A policy that does not load must not take the code location
-    (schedule and sensors included) down with it: the partitions then start at the
-    environment's date if it is one, else FALLBACK_PARTITIONS_START, and every run fails at
-    its first step (opt_outs), whose error names the policy key at fault."""
+def partitions_start(settings: Settings) -> date:
+    """The first release date: COHORT_PIPELINE_PARTITIONS_START, else release.partitions_start
+    of the policy the runs use (settings.policy_path). A policy that does not load must not
+    take the code location (schedule and sensors included) down with it: the partitions then
+    start at the environment's date if set, else FALLBACK_PARTITIONS_START, and every run fails
+    at its first step (opt_outs), whose error names the policy key at fault."""
     try:
-        return load_policy(policy_path()).partitions_start
+        return load_policy(settings.policy_path, settings.partitions_start).partitions_start
     except PolicyError as exc:
-        try:
-            start = date.fromisoformat(os.environ.get("COHORT_PIPELINE_PARTITIONS_START", ""))
-        except ValueError:
-            start = FALLBACK_PARTITIONS_START
+        start = settings.partitions_start or FALLBACK_PARTITIONS_START
         logging.getLogger(__name__).warning(
             f"{exc}: every run will fail until it is fixed; partitions start at {start} meanwhile"
         )
         return start
 
 
-# Release dates: one partition per day from the policy's (or environment's) start date.
-DAILY = DailyPartitionsDefinition(start_date=partitions_start().isoformat())
+# Release dates: one partition per day from the policy's (or environment's) start date; the
+# same settings give definitions.py its resources, so the partitions and the runs read one
+# policy file.
+DAILY = DailyPartitionsDefinition(start_date=partitions_start(current()).isoformat())
 
 # DP assets: materialize automatically once upstream is updated, but only if every blocking
 # check upstream (budget_within_limit, min_cohort_size, ...) passed: a failed check stops

@@ -165,7 +165,7 @@ def audit_report(
 )
 def privacy_notice(context: AssetExecutionContext, pipeline: PipelineResource):
     policy = pipeline.policy()
-    out = Path(pipeline.data_dir) / "exports"
+    out = pipeline.folder.exports
     out.mkdir(parents=True, exist_ok=True)
     text = reports.notice_markdown(policy)
     (out / "privacy_notice.md").write_text(text)
@@ -271,7 +271,7 @@ def privacy_scorecard(
         *alerts.density_alerts(release_date, sizes, policy.min_size),
         *alerts.drift_alerts(release_date, drift),
     ]
-    new, errors = alerts.send_alerts(fired, pipeline.data_dir)
+    new, errors = alerts.send_alerts(fired, pipeline.data_dir, pipeline.alert_webhook)
     for alert in new:
         context.log.warning(f"alert ({alert.level}): {alert.message}")
     for error in errors:

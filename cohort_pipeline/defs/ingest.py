@@ -19,8 +19,9 @@ from cohort_pipeline.resources import (
     prune_windows,
     replace_partition,
 )
+from cohort_pipeline.schema import EVENT_COLUMNS
 from cohort_pipeline.storage import optouts
-from cohort_pipeline.storage.events import COLUMNS, earliest_event, load_window
+from cohort_pipeline.storage.events import earliest_event, load_window
 from cohort_pipeline.storage.private_files import too_open
 
 
@@ -117,7 +118,7 @@ def raw_events(
         )
     return MaterializeResult(
         metadata={
-            **private_metadata("private.raw_events", COLUMNS),
+            **private_metadata("private.raw_events", EVENT_COLUMNS),
             "window": f"{first} .. {last}",
             "files_read": len(result.report),
         },

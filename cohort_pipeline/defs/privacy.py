@@ -132,7 +132,7 @@ def privacy_budget_ledger(
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
     blocked = None if passed else reason
     fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
-    for error in alerts.send_alerts(fired, pipeline.data_dir)[1]:
+    for error in alerts.send_alerts(fired, pipeline.data_dir, pipeline.alert_webhook)[1]:
         context.log.error(error)
     constants = constants_metadata(
         epsilon_per_release=policy.epsilon_per_release,

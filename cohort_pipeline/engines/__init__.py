@@ -10,12 +10,9 @@ translates it, and a parity test holds the two engines to the same results.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date
-from pathlib import Path
 
 import duckdb
 from dagster import ConfigurableResource
@@ -28,9 +25,8 @@ from cohort_pipeline.privacy.bounding import (
     unique_hashes_sql,
     working,
 )
+from cohort_pipeline.settings import Settings, use_this_python_for_spark
 
-ENGINE_ENV = "COHORT_PIPELINE_ENGINE"
-ENGINES = ("duckdb", "spark")
 Progress = Callable[[int, int], None]  # (done, total)
 
 
@@ -86,24 +82,17 @@ class DuckDBEngine(BoundingEngine):
                 con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
-def engine_for(data: Path) -> BoundingEngine:
-    """The engine COHORT_PIPELINE_ENGINE names; Spark stages its Parquet under `data`."""
-    name = os.environ.get(ENGINE_ENV, "duckdb").strip().lower() or "duckdb"
-    if name == "duckdb":
-        return DuckDBEngine()
-    if name == "spark":
+def engine_for(settings: Settings) -> BoundingEngine:
+    """The engine settings.engine (COHORT_PIPELINE_ENGINE) names; Spark stages its Parquet in
+    settings.spark_stage."""
+    if settings.engine == "spark":
         from dagster_pyspark import PySparkResource
 
         from cohort_pipeline.engines.spark import SparkEngine, spark_config
 
-        # Spark's Python workers must be this environment's interpreter (design §5); set
-        # before Dagster starts the session.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        master = os.environ.get("COHORT_PIPELINE_SPARK_MASTER", "local[2]")
+        use_this_python_for_spark()  # before Dagster starts the session
         return SparkEngine(
-            stage_dir=os.environ.get(
-                "COHORT_PIPELINE_SPARK_STAGE_DIR", str(Path(data) / "spark_stage")
-            ),
-            pyspark=PySparkResource(spark_config=spark_config(master)),
+            stage_dir=str(settings.spark_stage),
+            pyspark=PySparkResource(spark_config=spark_config(settings.spark_master)),
         )
-    raise ValueError(f"{ENGINE_ENV}={name!r}: expected one of {', '.join(ENGINES)}")
+    return DuckDBEngine()

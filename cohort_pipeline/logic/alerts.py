@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-WEBHOOK_ENV = "COHORT_PIPELINE_ALERT_WEBHOOK"
-ALERTS_FILE = "alerts.jsonl"
+from cohort_pipeline.settings import DataFolder
 
 # Shares of the window cap at which the budget WARN checks fail and an alert fires, measured on
 # the enforced figure: the worst cap window containing the release date (Ledger.summary).
@@ -256,20 +255,19 @@ def post_webhook(url: str, payload: dict, timeout_s: float = 5.0) -> None:
 
 
 def read_alerts(data_dir: Path | str) -> list[dict]:
-    path = Path(data_dir) / ALERTS_FILE
+    path = DataFolder(Path(data_dir)).alerts
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def send_alerts(
-    alerts: Iterable[Alert], data_dir: Path | str, webhook: str | None = None
+    alerts: Iterable[Alert], data_dir: Path | str, webhook: str = ""
 ) -> tuple[list[Alert], list[str]]:
-    """Record alerts not recorded before and POST each new one to `webhook` (default:
-    $COHORT_PIPELINE_ALERT_WEBHOOK). Returns (new alerts, delivery errors): a webhook that is
-    down must not fail a release, but the caller should log it."""
-    webhook = webhook if webhook is not None else os.environ.get(WEBHOOK_ENV, "")
-    path = Path(data_dir) / ALERTS_FILE
+    """Record alerts not recorded before and POST each new one to `webhook` (if given:
+    $COHORT_PIPELINE_ALERT_WEBHOOK in a run). Returns (new alerts, delivery errors): a webhook
+    that is down must not fail a release, but the caller should log it."""
+    path = DataFolder(Path(data_dir)).alerts
     path.parent.mkdir(parents=True, exist_ok=True)
     new: list[Alert] = []
     with open(path, "a+") as handle:

@@ -11,15 +11,16 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from cohort_pipeline.policy import Policy
+from cohort_pipeline.settings import EVENT_FILE_PREFIX, DataFolder
 from cohort_pipeline.storage.events import InputError, event_files
 
 
 def event_dates(data: Path | str) -> list[date]:
     """The dates of the daily event files (events-YYYY-MM-DD.*), sorted."""
-    events = Path(data) / "events"
+    events = DataFolder(Path(data)).events
     dates = []
     for path in event_files(events):
-        stem = path.stem.removeprefix("events-")
+        stem = path.stem.removeprefix(EVENT_FILE_PREFIX)
         try:
             dates.append(date.fromisoformat(stem))
         except ValueError:

@@ -25,7 +25,7 @@ from cohort_pipeline.privacy.accounting import Charge, Spend, compose
 from cohort_pipeline.privacy.bounding import bounded_totals
 from cohort_pipeline.privacy.ledger import BudgetCap, Enforced
 from cohort_pipeline.privacy.measurements import measurement_of, yearly_spend
-from cohort_pipeline.storage.events import COLUMNS as EVENT_COLUMNS
+from cohort_pipeline.schema import EVENT_COLUMNS
 
 
 def md_table(frame: pd.DataFrame, digits: int = 6) -> str:

@@ -22,19 +22,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES, Policy
+from cohort_pipeline.policy import Policy
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_COLUMNS
 
-COLUMNS = {
-    "user_id": "VARCHAR",
-    "event_time": "TIMESTAMPTZ",
-    "session_id": "VARCHAR",
-    "event_type": "VARCHAR",
-    "item_id": "VARCHAR",
-    "device_type": "VARCHAR",
-    "session_duration_s": "DOUBLE",
-    "revenue": "DOUBLE",
-}
-REQUIRED = ("user_id", "event_time", "session_id", "event_type", "item_id", "device_type")
 # Two rows with the same key are one event logged twice (retries, re-exported files).
 EVENT_KEY = ("user_id", "event_time", "session_id", "event_type", "item_id")
 SUFFIXES = (".parquet", ".csv")
@@ -129,14 +119,14 @@ def _typed_select(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     except duckdb.Error as exc:
         raise InputError(f"{path}: {_problem(exc)}") from exc
     present = {row[0]: row[1] for row in described}
-    missing = [c for c in REQUIRED if c not in present]
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
         found = ", ".join(list(present)[:10])
         raise InputError(
             f"{path}: missing required column(s) {', '.join(missing)} (found: {found})"
         )
     parts = []
-    for name, sql_type in COLUMNS.items():
+    for name, sql_type in EVENT_COLUMNS.items():
         if name not in present:
             parts += [f"CAST(NULL AS {sql_type}) AS {name}", f"NULL AS {name}_raw"]
         elif present[name] == (
@@ -152,7 +142,7 @@ def _typed_select(con: duckdb.DuckDBPyConnection, path: Path) -> str:
 
 
 def _missing(name: str) -> str:
-    if COLUMNS[name] == "VARCHAR":
+    if EVENT_COLUMNS[name] == "VARCHAR":
         return f"nullif(trim({name}), '') IS NULL"
     return f"{name} IS NULL AND nullif(trim({name}_raw), '') IS NULL"
 
@@ -173,7 +163,7 @@ def _row_reason() -> str:
     events = ", ".join(f"'{e}'" for e in EVENT_TYPES)
     devices = ", ".join(f"'{d}'" for d in DEVICE_TYPES)
     checks = [
-        *(f"WHEN {_missing(c)} THEN 'missing {c}'" for c in REQUIRED if c != "event_time"),
+        *(f"WHEN {_missing(c)} THEN 'missing {c}'" for c in REQUIRED_COLUMNS if c != "event_time"),
         "WHEN user_id <> trim(user_id) THEN 'user_id has leading or trailing whitespace'",
         f"WHEN event_type NOT IN ({events}) THEN 'unknown event_type'",
         f"WHEN device_type NOT IN ({devices}) THEN 'unknown device_type'",
@@ -189,7 +179,7 @@ def _row_reason() -> str:
     return "CASE " + " ".join(checks) + " END"
 
 
-RAW_KEPT = [c for c, t in COLUMNS.items() if t != "VARCHAR"]
+RAW_KEPT = [c for c, t in EVENT_COLUMNS.items() if t != "VARCHAR"]
 
 
 def _checked(
@@ -221,7 +211,8 @@ def _checked(
 def _as_read() -> str:
     """The columns of a quarantined row as read (text), from typed values and `<col>_raw`."""
     return ", ".join(
-        f"coalesce({c}_raw, CAST({c} AS VARCHAR)) AS {c}" if c in RAW_KEPT else c for c in COLUMNS
+        f"coalesce({c}_raw, CAST({c} AS VARCHAR)) AS {c}" if c in RAW_KEPT else c
+        for c in EVENT_COLUMNS
     )
 
 
@@ -232,13 +223,13 @@ def _read_files(
     the typed value, for the rare duplicate) into `window_events`, quarantined rows as read
     into `window_rejected`, and outcome counts into
     `file_outcomes`. Only one file's rows are held with all their columns at a time."""
-    typed = ", ".join(f"{n} {t}" for n, t in COLUMNS.items())
+    typed = ", ".join(f"{n} {t}" for n, t in EVENT_COLUMNS.items())
     raw = ", ".join(f"{c}_raw VARCHAR" for c in RAW_KEPT)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE window_events ({typed}, file_no INTEGER, key_hash UBIGINT,"
         f" {raw})"
     )
-    as_text = ", ".join(f"{n} VARCHAR" for n in COLUMNS)
+    as_text = ", ".join(f"{n} VARCHAR" for n in EVENT_COLUMNS)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE window_rejected (source_file VARCHAR, reason VARCHAR,"
         f" {as_text})"
@@ -261,7 +252,7 @@ def _read_files(
             raise InputError(f"{path}: {_problem(exc)}") from exc
         con.execute(f"""
             INSERT INTO window_events
-            SELECT {", ".join(COLUMNS)}, file_no, hash({", ".join(EVENT_KEY)}), {kept}
+            SELECT {", ".join(EVENT_COLUMNS)}, file_no, hash({", ".join(EVENT_KEY)}), {kept}
             FROM file_checked
             WHERE outcome = 'accepted'
         """)

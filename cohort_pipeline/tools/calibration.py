@@ -51,6 +51,7 @@ import pandas as pd
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.mechanisms import Mechanism, gaussian, laplace
+from cohort_pipeline.settings import Settings
 
 ALPHA = 0.05
 N_THRESHOLDS = 400  # candidate thresholds (quantiles of the selection half)
@@ -297,11 +298,12 @@ def results_json(results: list[CalibrationResult]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=100_000, help="runs on each of D and D'")
     parser.add_argument(
         "--policy",
-        default=os.environ.get("COHORT_PIPELINE_POLICY", "data/policy.yaml"),
+        default=str(settings.policy_path),
         help="policy file whose mechanisms are checked",
     )
     parser.add_argument("--alpha", type=float, default=ALPHA, help="1 - confidence")
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 100:
         parser.error("--trials must be at least 100")
     start = time.perf_counter()
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, settings.partitions_start)
     results = check_policy(policy, args.trials, args.alpha, args.workers, args.with_broken)
     payload = {
         "policy": args.policy,

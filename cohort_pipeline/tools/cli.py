@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from cohort_pipeline.resources import data_dir, policy_path
+from cohort_pipeline.settings import DataFolder, Settings, SettingsError
 from cohort_pipeline.storage.private_files import too_open
 
 
@@ -22,7 +22,8 @@ class DataDirError(ValueError):
 
 
 def _is_data_dir(path: Path) -> bool:
-    return (path / "events").is_dir() or (path / "policy.yaml").is_file()
+    folder = DataFolder(path)
+    return folder.events.is_dir() or folder.policy.is_file()
 
 
 def existing_data_dir(path: Path | str) -> Path:
@@ -52,12 +53,18 @@ def existing_data_dir(path: Path | str) -> Path:
 CREATES_DATA_DIR = ("generate", "import")
 
 
-def _ledger_and_cap(args):
+def _policy(args):
+    """--policy, with COHORT_PIPELINE_PARTITIONS_START applied as in a run."""
     from cohort_pipeline.policy import load_policy
+
+    return load_policy(args.policy, args.settings.partitions_start)
+
+
+def _ledger_and_cap(args):
     from cohort_pipeline.privacy.ledger import Ledger
     from cohort_pipeline.privacy.release import budget_cap
 
-    return Ledger(Path(args.data_dir) / "ledger.duckdb"), budget_cap(load_policy(args.policy))
+    return Ledger(args.settings.folder.ledger), budget_cap(_policy(args))
 
 
 def cmd_generate(args) -> int:
@@ -86,18 +93,16 @@ def cmd_first_date(args) -> int:
     """The first release date whose whole lookback window is on file (`make run` starts the
     daily partitions there)."""
     from cohort_pipeline.logic.calendar import first_release_date
-    from cohort_pipeline.policy import load_policy
 
-    print(first_release_date(args.data_dir, load_policy(args.policy)).isoformat())
+    print(first_release_date(args.data_dir, _policy(args)).isoformat())
     return 0
 
 
 def cmd_ledger_show(args) -> int:
-    from cohort_pipeline.policy import load_policy
     from cohort_pipeline.privacy.measurements import budget_summary
 
     ledger, _ = _ledger_and_cap(args)
-    s = budget_summary(ledger, load_policy(args.policy), as_of=args.as_of)
+    s = budget_summary(ledger, _policy(args), as_of=args.as_of)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0
@@ -163,7 +168,7 @@ def cmd_opt_out(args) -> int:
     """Opt-outs apply from the next release: the opt_outs asset re-reads the list each run."""
     from cohort_pipeline.storage import optouts
 
-    path = Path(args.data_dir) / "opt_outs.csv"
+    path = args.settings.folder.opt_outs
     if args.opt_out_command == "list":
         frame = optouts.read(path)
         print(frame.to_csv(index=False), end="")
@@ -175,10 +180,12 @@ def cmd_opt_out(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cohort-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data-dir", default=str(data_dir()), help="default: $COHORT_PIPELINE_DATA_DIR or data/"
+        "--data-dir",
+        default=str(settings.data_dir),
+        help="default: $COHORT_PIPELINE_DATA_DIR or data/",
     )
     parser.add_argument(
         "--policy", default=None, help="default: $COHORT_PIPELINE_POLICY or <data dir>/policy.yaml"
@@ -249,8 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.policy = args.policy or str(policy_path(args.data_dir))
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"cohort-pipeline: SettingsError: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
+    args.settings = settings.with_data_dir(args.data_dir)
+    args.policy = args.policy or str(args.settings.policy_path)
     try:
         if args.command not in CREATES_DATA_DIR:
             existing_data_dir(args.data_dir)

@@ -68,6 +68,7 @@ from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy import guard, measurements
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.mechanisms import Mechanism
+from cohort_pipeline.settings import DataFolder, Settings
 from cohort_pipeline.tools.calibration import ALPHA, lower_bounds
 from cohort_pipeline.tools.generate import generate
 
@@ -109,8 +110,9 @@ def base_population(
             categories=categories,
         )
         con = duckdb.connect()
-        events = con.execute(f"SELECT * FROM read_parquet('{tmp}/events/*.parquet')").df()
-        catalog = pd.read_csv(Path(tmp) / "catalog.csv", dtype=str)
+        folder = DataFolder(Path(tmp))
+        events = con.execute(f"SELECT * FROM read_parquet('{folder.events}/*.parquet')").df()
+        catalog = pd.read_csv(folder.catalog, dtype=str)
     return Population(events, catalog)
 
 
@@ -614,6 +616,7 @@ def results_table(results: list[ArmResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20_000, help="runs on each of D and D'")
     parser.add_argument(
@@ -625,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--policy",
-        default=os.environ.get("COHORT_PIPELINE_POLICY", "data/policy.yaml"),
+        default=str(settings.policy_path),
         help="the policy whose releases are audited",
     )
     parser.add_argument("--users", type=int, default=2_000, help="base population size")
@@ -644,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(trials.values()) < 100:
         parser.error("every measurement needs at least 100 trials")
     start = time.perf_counter()
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, settings.partitions_start)
     population = base_population(policy, args.users)
     results = run_audit(policy, trials, population, args.alpha, args.workers, args.pair)
     payload = {

@@ -27,25 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_ARROW_SCHEMA, EVENT_TYPES
+from cohort_pipeline.settings import EVENT_FILE_PREFIX, DataFolder
 from cohort_pipeline.storage.private_files import private_dir, private_umask
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
-DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
-VIEW, CLICK, ADD_TO_CART, PURCHASE = range(4)
-DESKTOP, MOBILE, TABLET, OTHER = range(4)
-
-SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("event_time", pa.timestamp("us", tz="UTC")),
-        ("session_id", pa.string()),
-        ("event_type", pa.string()),
-        ("item_id", pa.string()),
-        ("device_type", pa.string()),
-        ("session_duration_s", pa.float64()),
-        ("revenue", pa.float64()),
-    ]
-)
+# Indices into EVENT_TYPES and DEVICE_TYPES.
+VIEW, CLICK, ADD_TO_CART, PURCHASE = range(len(EVENT_TYPES))
+DESKTOP, MOBILE, TABLET, OTHER = range(len(DEVICE_TYPES))
 
 CATEGORY_NAMES = (
     "books", "electronics", "garden", "toys", "fashion", "beauty", "sports", "home",
@@ -112,17 +100,18 @@ def generate(
         raise ValueError(f"need items >= categories, got {items} < {categories}")
     if end_date is None:
         end_date = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    data_dir = Path(data_dir)
-    events_dir = private_dir(data_dir) / "events"
+    folder = DataFolder(private_dir(data_dir))
+    events_dir = folder.events
     events_dir.mkdir(parents=True, exist_ok=True)
     # Clean re-generation: no file of an earlier run may survive next to the new ones.
-    for stale in [*events_dir.glob("events-*.parquet"), *events_dir.glob(".events-*.tmp")]:
+    written = f"{EVENT_FILE_PREFIX}*.parquet"
+    for stale in [*events_dir.glob(written), *events_dir.glob(f".{EVENT_FILE_PREFIX}*.tmp")]:
         stale.unlink()
 
     cat = _Catalog(seed, items, categories)
-    _write_atomic(data_dir / "catalog.csv", cat.csv())
+    _write_atomic(folder.catalog, cat.csv())
     try:  # never overwrite: engineers add opt-outs by hand
-        with private_umask(), open(data_dir / "opt_outs.csv", "x") as f:
+        with private_umask(), open(folder.opt_outs, "x") as f:
             f.write("user_id\n")
     except FileExistsError:
         pass
@@ -134,10 +123,10 @@ def generate(
     total = 0
     for d in range(days):
         day = first_date + dt.timedelta(days=d)
-        path = events_dir / f"events-{day.isoformat()}.parquet"
+        path = folder.event_file(day)
         tmp = events_dir / f".{path.name}.tmp"  # not matched by events-*.parquet readers
         n_day = 0
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        with pq.ParquetWriter(tmp, EVENT_ARROW_SCHEMA) as writer:
             for b0 in range(0, n_blocks, blocks_per_chunk):
                 parts = [
                     _block_day(seed, days - 1 - d, b, users, cat)
@@ -337,7 +326,7 @@ def _to_table(parts: list[dict], day: dt.date, cat: _Catalog, user_width: int) -
             pa.array(col["duration"], mask=np.isnan(col["duration"])),
             pa.array(col["revenue"], mask=np.isnan(col["revenue"])),
         ],
-        schema=SCHEMA,
+        schema=EVENT_ARROW_SCHEMA,
     )
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import duckdb
 
-from cohort_pipeline.policy import DEVICE_TYPES, EVENT_TYPES
-from cohort_pipeline.storage.events import COLUMNS
+from cohort_pipeline.schema import DEVICE_TYPES, EVENT_COLUMNS, EVENT_TYPES
+from cohort_pipeline.settings import DataFolder
 from cohort_pipeline.storage.private_files import private_dir
 
 REQUIRED = ("user_id", "item_id", "event_time")
@@ -202,7 +202,7 @@ def import_interactions(
     if min_rating is not None and "rating" not in mapping:
         raise ImportInputError("--min-rating needs a rating column in --map (rating=COLUMN)")
     item_map = item_map or {"item_id": "item_id", "category": "category"}
-    events_dir = data_dir / "events"
+    folder = DataFolder(data_dir)
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -221,16 +221,16 @@ def import_interactions(
         days = [
             r[0] for r in con.execute("SELECT DISTINCT day FROM canonical ORDER BY 1").fetchall()
         ]
-        targets = [events_dir / f"events-{d.isoformat()}.parquet" for d in days]
-        existing = [p for p in [data_dir / "catalog.csv", *targets] if p.exists()]
+        targets = [folder.event_file(d) for d in days]
+        existing = [p for p in [folder.catalog, *targets] if p.exists()]
         if existing and not overwrite:
             raise ImportInputError(
                 f"{existing[0]} exists ({len(existing)} target file(s) in all); pass --overwrite "
                 "to replace them or import into an empty data folder"
             )
         private_dir(data_dir)
-        events_dir.mkdir(parents=True, exist_ok=True)
-        cols = ", ".join(COLUMNS)
+        folder.events.mkdir(parents=True, exist_ok=True)
+        cols = ", ".join(EVENT_COLUMNS)
         for day, path in zip(days, targets, strict=True):
             tmp = path.with_name(f".{path.name}.tmp")
             con.execute(
@@ -239,7 +239,7 @@ def import_interactions(
                 [day],
             )
             tmp.replace(path)
-        catalog = str(data_dir / "catalog.csv").replace("'", "''")
+        catalog = str(folder.catalog).replace("'", "''")
         con.execute(f"COPY (SELECT item_id, category FROM catalog ORDER BY item_id) TO '{catalog}' "
                     "(HEADER, DELIMITER ',')")  # fmt: skip
         written = con.execute("SELECT count(*) FROM canonical").fetchall()[0][0]
