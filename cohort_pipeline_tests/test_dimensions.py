@@ -309,3 +309,32 @@ def test_the_notice_describes_a_new_dimension(source):
     assert all(label in line for label in policy.dimensions[-1].labels), line
     if source == "mean_duration_s":
         assert line.startswith("- how long your sessions lasted on average: short (fewer than 60")
+
+
+def test_a_dimension_added_to_the_policy_alone_reaches_a_dagster_release(small_dir):
+    """The policy file is the only change: a Dagster run bounds, reserves and releases the
+    extended key set, and release.cohort_sizes and its column schema carry the new column."""
+    from dagster import AssetKey
+
+    from cohort_pipeline_tests.conftest import run_release, write_policy
+
+    raw = yaml.safe_load(POLICY.read_text())
+    dimensions = {**raw["cohorts"]["dimensions"], "duration": NEW_DIMENSIONS["mean_duration_s"]}
+    order = ["duration", *raw["cohorts"]["coarsening_order"]]
+    write_policy(small_dir, **{"cohorts.dimensions": dimensions, "cohorts.coarsening_order": order})
+    steps = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    result = run_release(small_dir, selection=[*steps, "privacy_budget_ledger", "cohort_sizes"])
+    assert result.success
+    with duckdb.connect(str(small_dir / "warehouse.duckdb"), read_only=True) as con:
+        sizes = con.execute("SELECT * FROM release.cohort_sizes").df()
+    assert list(sizes.columns[2:6]) == ["engagement", "recency", "device", "duration"]
+    assert set(sizes["duration"]) <= {"short", "medium", "long", ALL}
+    members = [m for row in sizes["members"] for m in row.split(";")]
+    assert len(members) == 18 * 3 and len(set(members)) == 18 * 3  # every new key, once
+    [event] = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == AssetKey("cohort_sizes")
+    ]
+    schema = event.materialization.metadata["dagster/column_schema"].value
+    assert "duration" in {c.name for c in schema.columns}

@@ -18,6 +18,7 @@ from cohort_pipeline.defs.tables import (
     preview_table,
     release_table_metadata,
     release_table_spec_metadata,
+    table_columns,
 )
 from cohort_pipeline.logic.display import (
     constant_text,
@@ -117,7 +118,7 @@ def test_accuracy_columns_pair_values_with_their_half_widths():
 
 
 def test_release_table_metadata():
-    frame = pd.DataFrame({c: [] for c in TABLES["release.cohort_sizes"]}).head(0)
+    frame = pd.DataFrame({c: [] for c in table_columns("release.cohort_sizes")}).head(0)
     frame = pd.concat([frame, frame]).reindex(range(3))
     meta = release_table_metadata("release.cohort_sizes", frame)
     assert meta["dagster/row_count"] == 3
@@ -133,10 +134,22 @@ def test_release_table_metadata():
 
 
 def test_every_release_column_is_described():
-    for table, columns in TABLES.items():
+    for table in TABLES:
         schema = release_table_spec_metadata(table)["dagster/column_schema"]
-        assert [c.name for c in schema.columns] == list(columns), table
+        assert [c.name for c in schema.columns] == table_columns(table), table
         assert all(c.description for c in schema.columns), table
+
+
+def test_a_cohort_table_has_a_described_column_per_policy_dimension():
+    dims = ("engagement", "tenure", "device")
+    columns = table_columns("release.cohort_sizes", dims)
+    assert columns[columns.index("cohort_key") + 1 :][:3] == list(dims)
+    frame = pd.DataFrame({c: ["x"] for c in columns})
+    meta = release_table_metadata("release.cohort_sizes", frame, dims)
+    described = {c.name: c.description for c in meta["dagster/column_schema"].columns}
+    assert "tenure" in described["tenure"] and "recency" not in described
+    with pytest.raises(KeyError, match="recency"):
+        release_table_metadata("release.cohort_sizes", frame.assign(recency="x"), dims)
 
 
 def test_noisy_values_and_constants_as_metadata():

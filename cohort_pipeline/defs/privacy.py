@@ -241,7 +241,9 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     coarsened = int((sizes["members"].str.count(";") > 0).sum())
     return MaterializeResult(
         metadata={
-            **release_table_metadata("release.cohort_sizes", stored),
+            **release_table_metadata(
+                "release.cohort_sizes", stored, tuple(d.name for d in policy.dimensions)
+            ),
             "released_cohorts": len(sizes),
             "coarsened_cohorts": coarsened,
             "min_noisy_size": smallest,

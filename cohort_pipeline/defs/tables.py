@@ -32,7 +32,7 @@ CATALOG = "warehouse"  # DuckDB names a file's catalog after the file: warehouse
 # Every column of a release table, once: (type shown in the UI, description).
 COLUMNS: dict[str, tuple[str, str]] = {
     "release_date": ("date", "The release date (the partition key); the window ends on it."),
-    "cohort_key": ("string", "Cohort: engagement|recency|device bands (public key set)."),
+    "cohort_key": ("string", "Cohort: its dimensions' labels, |-joined (public key set)."),
     "other_cohort_key": ("string", "The cohort compared with cohort_key."),
     "engagement": ("string", "Engagement band of the cohort, or * when coarsened away."),
     "recency": ("string", "Purchase-recency band of the cohort, or * when coarsened away."),
@@ -78,11 +78,14 @@ for _metric in ("mean_session_duration_s", "conversion_rate", "sessions_per_user
     COLUMNS[f"{_metric}_accuracy_95"] = ("float", f"95% half-width of {_metric}.")
 
 STAMP = ("policy_hash", "reservation_id", "ledger_seq")  # write_release adds these
+# Stands for one column per cohort dimension of the policy, in its order (cohorts.dimensions).
+DIMENSIONS = "<dimensions>"
+DEFAULT_DIMENSIONS = ("engagement", "recency", "device")  # data/policy.yaml's
 
 # Each release table's columns, in the order they are stored.
 TABLES: dict[str, tuple[str, ...]] = {
     "release.cohort_sizes": (
-        "release_date", "cohort_key", "engagement", "recency", "device", "members",
+        "release_date", "cohort_key", DIMENSIONS, "members",
         "noisy_users", "noise_scale", "accuracy_95", *STAMP,
     ),
     "release.cohort_metrics": (
@@ -167,10 +170,28 @@ def column(name: str, dtype: str | None = None) -> TableColumn:
     return TableColumn(name, declared, description=description)
 
 
-def table_schema(table: str) -> TableSchema:
+def table_columns(table: str, dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS) -> list[str]:
+    """`table`'s columns in stored order, a cohort table's dimension columns being the
+    policy's `dimensions`."""
     if table not in TABLES:
         raise KeyError(f"{table} is not a release table: expected one of {sorted(TABLES)}")
-    return TableSchema(columns=[column(name) for name in TABLES[table]])
+    return [c for name in TABLES[table] for c in (dimensions if name == DIMENSIONS else (name,))]
+
+
+def table_schema(table: str, dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS) -> TableSchema:
+    return TableSchema(
+        columns=[
+            column(name)
+            if name in COLUMNS or name not in dimensions
+            else TableColumn(
+                name,
+                "string",
+                description=f"The cohort's {name} label, or *"
+                " when coarsened away (policy cohorts.dimensions).",
+            )
+            for name in table_columns(table, dimensions)
+        ]
+    )
 
 
 def column_lineage(table: str) -> TableColumnLineage:
@@ -182,22 +203,29 @@ def column_lineage(table: str) -> TableColumnLineage:
     )
 
 
-def release_table_spec_metadata(table: str) -> dict:
-    """Definition-time metadata of an asset that writes `table`: shown before it ever runs."""
+def release_table_spec_metadata(
+    table: str, dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
+) -> dict:
+    """Definition-time metadata of an asset that writes `table`: shown before it ever runs
+    (with the default policy's dimensions; each materialization shows the run's own)."""
     return {
         "dagster/table_name": f"{CATALOG}.{table}",
-        "dagster/column_schema": table_schema(table),
+        "dagster/column_schema": table_schema(table, dimensions),
         "dagster/column_lineage": column_lineage(table),
     }
 
 
-def release_table_metadata(table: str, frame: pd.DataFrame) -> dict:
+def release_table_metadata(
+    table: str, frame: pd.DataFrame, dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
+) -> dict:
     """Materialization metadata of a release table: name, schema, lineage and row count
-    (public: one row per released key). `frame` is what was written for the release date."""
-    unknown = [c for c in frame.columns if c != "release_date" and c not in TABLES[table]]
+    (public: one row per released key). `frame` is what was written for the release date;
+    `dimensions` are the run's policy's cohort dimensions."""
+    declared = table_columns(table, dimensions)
+    unknown = [c for c in frame.columns if c != "release_date" and c not in declared]
     if unknown:
         raise KeyError(f"{table}: columns {unknown} are not declared in defs/tables.py")
-    return {**release_table_spec_metadata(table), "dagster/row_count": len(frame)}
+    return {**release_table_spec_metadata(table, dimensions), "dagster/row_count": len(frame)}
 
 
 # -- previews of released rows ------------------------------------------------------------
