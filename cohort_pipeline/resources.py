@@ -20,10 +20,9 @@ from dagster import ConfigurableResource
 from cohort_pipeline.policy import Policy, load_policy
 from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.settings import DataFolder
+from cohort_pipeline.storage import warehouse
 from cohort_pipeline.storage.locking import connect_with_retry
 from cohort_pipeline.storage.private_files import private_dir, private_umask, restrict
-
-SCHEMAS = ("private", "release")
 
 
 class PipelineResource(ConfigurableResource):
@@ -74,7 +73,8 @@ def _parsed_policy(path: str, partitions_start: str, mtime_ns: int, size: int) -
 
 
 class WarehouseResource(ConfigurableResource):
-    """The embedded DuckDB warehouse: schema `private` (exact, never released) and `release`."""
+    """The embedded DuckDB warehouse: schemas `private` (exact, never released), `public`
+    and `release` (storage/warehouse.py)."""
 
     path: str
     memory_limit: str = ""
@@ -96,70 +96,18 @@ class WarehouseResource(ConfigurableResource):
             con = connect_with_retry(self.path, self.lock_timeout_s, "warehouse")
         try:
             restrict(self.path)
-            con.execute("SET TimeZone = 'UTC'")
-            if self.memory_limit:
-                con.execute(f"SET memory_limit = '{self.memory_limit}'")
             if self.temp_directory:
                 # Spilled pages are private rows; the default spill folder (<file>.tmp) is
                 # inside the private data folder already.
                 private_dir(self.temp_directory)
-                con.execute(f"SET temp_directory = '{self.temp_directory}'")
-            for schema in SCHEMAS:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            warehouse.configure(con, self.memory_limit, self.temp_directory)
             yield con
         finally:
             con.close()
             restrict(self.path, f"{self.path}.wal")
 
     def read(self, sql: str, params=None) -> pd.DataFrame:
-        with self.connect() as con:
-            return _read(con, sql, params)
-
-
-def _read(con, sql, params=None) -> pd.DataFrame:
-    try:
-        return con.execute(sql, params or []).df()
-    except duckdb.CatalogException:
-        return pd.DataFrame()  # the table does not exist yet: nothing stored
-
-
-def prune_windows(con: duckdb.DuckDBPyConnection, release_date: str, keep: int) -> list:
-    """Delete private.raw_events of every release date but `release_date` and the `keep` - 1
-    most recent others; returns the dates removed (oldest first)."""
-    others = con.execute(
-        "SELECT DISTINCT release_date FROM private.raw_events WHERE release_date <> ?"
-        " ORDER BY release_date DESC",
-        [release_date],
-    ).fetchall()
-    stale = sorted(row[0] for row in others[max(keep - 1, 0) :])
-    if stale:
-        con.execute("DELETE FROM private.raw_events WHERE list_contains(?, release_date)", [stale])
-    return stale
-
-
-def replace_partition(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    release_date: str,
-    rows: pd.DataFrame | str,
-    **constants: str,
-) -> None:
-    """Atomically replace `table`'s rows for one release date with `rows` (a DataFrame or a
-    SQL query), adding `release_date` and any constant columns."""
-    if isinstance(rows, pd.DataFrame):
-        con.register("_frame", rows)
-        rows = "SELECT * FROM _frame"
-    extra = "".join(f", '{value}' AS {name}" for name, value in constants.items())
-    select = f"SELECT DATE '{release_date}' AS release_date{extra}, * FROM ({rows})"
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS {select} LIMIT 0")
-        con.execute(f"DELETE FROM {table} WHERE release_date = ?", [release_date])
-        con.execute(f"INSERT INTO {table} BY NAME {select}")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        return warehouse.read(self, sql, params)
 
 
 class LedgerResource(ConfigurableResource):

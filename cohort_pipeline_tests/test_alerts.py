@@ -169,6 +169,7 @@ def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, mo
     result = run_release(
         small_dir,
         selection=[
+            "catalog",
             "opt_outs",
             "raw_events",
             "user_profiles",

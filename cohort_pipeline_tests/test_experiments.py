@@ -360,7 +360,8 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
 
 def test_report_refuses_without_a_reservation(small_dir):
     private = [
-        AssetKey(k) for k in ("opt_outs", "raw_events", "user_profiles", "cohort_assignments")
+        AssetKey(k)
+        for k in ("catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments")
     ]
     assert run_release(small_dir, selection=private).success
     result = run_release(small_dir, selection=[AssetKey("experiment_report")])

@@ -56,6 +56,7 @@ PLOTTED = (
     "affinity_psi",
 )
 RESERVATION = [
+    "catalog",
     "opt_outs",
     "raw_events",
     "user_profiles",

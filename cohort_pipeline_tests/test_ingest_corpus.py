@@ -606,7 +606,7 @@ def test_a_wholly_quarantined_window_is_said_in_the_report_and_the_log(tmp_path)
     generate(data, users=200, days=10, seed=3, end_date=dt.date(1997, 11, 28))
     write_policy(data)
     instance = DagsterInstance.ephemeral()
-    result = run_release(data, instance=instance, selection=["opt_outs", "raw_events"])
+    result = run_release(data, instance=instance, selection=["catalog", "opt_outs", "raw_events"])
     assert result.success
     logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
     (warning,) = [m for m in logged if "was quarantined" in m]

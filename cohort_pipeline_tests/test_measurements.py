@@ -16,6 +16,7 @@ from cohort_pipeline.privacy import guard, measurements
 from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.measurements import MeasurementSpec
 from cohort_pipeline.privacy.release import budget_cap
+from cohort_pipeline.storage import warehouse
 from cohort_pipeline.tools import end_to_end_audit as e2e
 from cohort_pipeline_tests.conftest import POLICY, RELEASE_DATE
 
@@ -44,7 +45,7 @@ def policy(monkeypatch):
         l2=lambda p: float(p.max_sessions),
         l1=lambda p: float(p.max_sessions),
         what=WHAT,
-        source="cohort_totals",
+        source=warehouse.COHORT_TOTALS,
         release=_release_sessions,
     )
     monkeypatch.setitem(measurements.REGISTRY, DUMMY, spec)

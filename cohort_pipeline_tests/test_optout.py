@@ -17,7 +17,7 @@ from cohort_pipeline.storage import optouts
 from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
 
-PRIVATE_STEPS = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+PRIVATE_STEPS = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
 
 
 def test_add_remove_and_read_round_trip(tmp_path):

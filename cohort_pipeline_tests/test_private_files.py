@@ -52,7 +52,7 @@ def test_a_new_data_folder_and_its_private_files_are_closed_to_other_users(tmp_p
     )
     result = materialize(
         all_assets,
-        selection=["opt_outs", "raw_events", "user_profiles", "cohort_assignments",
+        selection=["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments",
                    "privacy_budget_ledger", "cohort_sizes"],
         partition_key=END.isoformat(), resources=resources, raise_on_error=False,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_rele
 CHARGED_ASSETS = sorted(s.asset for s in REGISTRY.values())  # one ledger row each
 
 PREPARE_AND_RESERVE = [
+    "catalog",
     "opt_outs",
     "raw_events",
     "user_profiles",
@@ -116,7 +117,9 @@ def test_long_steps_log_their_progress_in_counts_only(small_dir):
     query it has finished: counts only, no file names (they stay in private.ingest_report)."""
     instance = DagsterInstance.ephemeral()
     result = run_release(
-        small_dir, instance=instance, selection=["opt_outs", "raw_events", "user_profiles"]
+        small_dir,
+        instance=instance,
+        selection=["catalog", "opt_outs", "raw_events", "user_profiles"],
     )
     assert result.success
     logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
@@ -215,7 +218,7 @@ def test_a_redraw_is_explicit_charged_in_full_and_replaces_the_release(small_dir
 def test_a_policy_change_keeps_the_release_and_a_draw_under_it_is_refused(small_dir):
     """The date's reservation stays final under a changed policy file: stored draws come
     back without a policy match, but a draw that is still missing is refused."""
-    upstream = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    upstream = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
     assert run_release(
         small_dir, selection=[*upstream, "privacy_budget_ledger", "cohort_sizes"]
     ).success
@@ -353,7 +356,7 @@ def test_dp_asset_launched_alone_after_a_blocked_release_refuses(small_dir):
 def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeypatch):
     """The spend is fixed when reserved: code whose noise would now cost more (here the
     metrics' rho doubled) finds the reservation and still refuses, drawing nothing."""
-    upstream = ["opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    upstream = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
     steps = [*upstream, "privacy_budget_ledger", "cohort_sizes"]
     assert run_release(small_dir, selection=steps).success
     spent = ledger_rows(small_dir)

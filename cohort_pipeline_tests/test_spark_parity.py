@@ -23,7 +23,7 @@ from cohort_pipeline.privacy.release import (
 )
 from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir, run_release
 
-BOUNDING = ["opt_outs", "raw_events", "user_profiles"]
+BOUNDING = ["catalog", "opt_outs", "raw_events", "user_profiles"]
 TABLES = (
     "private.user_profiles",
     "private.cohort_totals",

@@ -23,8 +23,9 @@ from cohort_pipeline.defs.tables import preview_table
 from cohort_pipeline.engines import Progress
 from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.guard import Admission
-from cohort_pipeline.resources import WarehouseResource, replace_partition
+from cohort_pipeline.resources import WarehouseResource
 from cohort_pipeline.settings import Settings, current
+from cohort_pipeline.storage.warehouse import partition, replace_partition
 
 CODE_VERSION = "0.1.0"
 
@@ -77,7 +78,8 @@ AFTER_BLOCKING_CHECKS = (
     AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("eager_after_blocking_checks")
 
-PRIVATE, RELEASE = "private", "release"  # zones (design §1), shown as the asset tag `zone`
+# zones (design §1), shown as the asset tag `zone`
+PRIVATE, PUBLIC, RELEASE = "private", "public", "release"
 
 
 def asset_args(
@@ -99,6 +101,14 @@ def asset_args(
         pool=pool,
     )
     return {**args, "partitions_def": DAILY} if daily else args
+
+
+def split_args(args: dict) -> tuple[dict, dict]:
+    """asset_args as (AssetSpec arguments, multi_asset arguments)."""
+    op = {"pool": args["pool"]}
+    if "partitions_def" in args:
+        op["partitions_def"] = args["partitions_def"]
+    return {k: v for k, v in args.items() if k != "pool"}, op
 
 
 def private_metadata(table: str, columns: pd.DataFrame | dict) -> dict:
@@ -159,7 +169,7 @@ def write_release(
 
 def release_rows(warehouse: WarehouseResource, table: str, release_date: str) -> pd.DataFrame:
     """A released table's rows for one date; refuses when that date has none."""
-    rows = warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])
+    rows = partition(warehouse, table, release_date)
     if rows.empty:
         raise Failure(f"{table} has no rows for {release_date}: materialize it for this date first")
     return rows
@@ -168,4 +178,4 @@ def release_rows(warehouse: WarehouseResource, table: str, release_date: str) ->
 def private_totals(warehouse: WarehouseResource, table: str, release_date: str) -> pd.DataFrame:
     """One release's exact per-key sums from user_profiles (private: only a mechanism sees them).
     Empty when the window has no users: every key then sums to 0."""
-    return warehouse.read(f"SELECT * FROM {table} WHERE release_date = ?", [release_date])
+    return partition(warehouse, table, release_date)

@@ -9,54 +9,26 @@ A DP asset supplies two functions:
   public inputs (policy, catalog, other release tables), so re-running it is harmless.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
-from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    multi_asset,
+)
 
-from cohort_pipeline.defs.common import release_lock
+from cohort_pipeline.defs.common import PRIVATE, private_metadata, release_lock, split_args
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.guard import Admission, Refused, admit, draw_once
 from cohort_pipeline.privacy.measurements import REGISTRY, mechanisms
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
+from cohort_pipeline.storage.warehouse import Draws, draws_table, table_name
 
-DRAWS_SCHEMA = "private.draws_"
-
-
-def draws_table(measurement: str) -> str:
-    return f"{DRAWS_SCHEMA}{measurement}"
-
-
-class WarehouseDraws:
-    """guard.DrawStore in the warehouse's private schema: one table per measurement, keyed by
-    reservation_id (and release_date, for pruning and reading by hand)."""
-
-    def __init__(self, warehouse: WarehouseResource):
-        self.warehouse = warehouse
-
-    def load(self, measurement: str, reservation_id: str) -> pd.DataFrame | None:
-        found = self.warehouse.read(
-            f"SELECT * EXCLUDE (release_date, reservation_id) FROM {draws_table(measurement)}"
-            " WHERE reservation_id = ?",
-            [reservation_id],
-        )
-        return None if found.empty else found
-
-    def save(
-        self, measurement: str, reservation_id: str, release_date: str, frame: pd.DataFrame
-    ) -> None:
-        if frame.empty:  # an empty draw could not be told from a missing one
-            raise ValueError(f"draw {measurement} of {release_date} has no rows")
-        table = draws_table(measurement)
-        select = (
-            f"SELECT DATE '{release_date}' AS release_date, '{reservation_id}' AS reservation_id,"
-            " * FROM _draw"
-        )
-        with self.warehouse.connect() as con:
-            con.register("_draw", frame)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS {select} LIMIT 0")
-            con.execute(f"INSERT INTO {table} BY NAME {select}")  # one statement: atomic
+Published = MaterializeResult | Iterable[MaterializeResult]
 
 
 @dataclass(frozen=True)
@@ -74,29 +46,69 @@ class Step:
         return self.admission.release_date
 
 
+def draws_asset(measurement: str) -> str:
+    """The asset key of a measurement's stored draws (private.draws_<measurement>)."""
+    return table_name(draws_table(measurement))
+
+
+def _keyed(result: MaterializeResult, key: str) -> MaterializeResult:
+    if result.asset_key is not None:
+        return result
+    return MaterializeResult(
+        asset_key=key,
+        metadata=result.metadata,
+        check_results=result.check_results,
+        data_version=result.data_version,
+        tags=result.tags,
+    )
+
+
 def dp_asset(
     *,
     name: str,
     measurement: str,
     draw: Callable[[Step], pd.DataFrame | None],
-    publish: Callable[[Step, pd.DataFrame | None, bool], MaterializeResult],
-    **asset_kwargs,
+    publish: Callable[[Step, pd.DataFrame | None, bool], Published],
+    args: dict,
+    also: tuple[AssetSpec, ...] = (),
+    check_specs=(),
+    **spec_kwargs,
 ):
-    """A Dagster asset `name` that releases under the date's current reservation: holds the
-    release lock, admits (guard.admit), returns the draw stored under (reservation_id,
+    """A Dagster multi-asset `name` that releases under the date's current reservation: holds
+    the release lock, admits (guard.admit), returns the draw stored under (reservation_id,
     `measurement`) or draws it once (guard.draw_once), then publishes from the stored draw.
     `draw` may return None (nothing to release: nothing stored, nothing drawn). Refusals
-    become dagster.Failure with the guard's message."""
+    become dagster.Failure with the guard's message.
+
+    Every table it writes is an asset of it: `name` (its release table, from `args`, the
+    common.asset_args, and `spec_kwargs`), the private draws table `draws_<measurement>`, and
+    `also` (other release tables `publish` writes; its results name them by asset_key)."""
     if REGISTRY[measurement].asset != name:  # the ledger charges the registry's asset
         raise ValueError(f"measurement {measurement} is charged to {REGISTRY[measurement].asset}")
+    spec_args, op_args = split_args(args)
+    draws = AssetSpec(
+        draws_asset(measurement),
+        **{**spec_args, "tags": {"zone": PRIVATE}, "kinds": {"duckdb"}},
+        deps=spec_kwargs.get("deps", ()),
+        skippable=True,  # nothing to release: nothing stored
+        description=f"The noisy draws of measurement {measurement}, stored in "
+        f"{draws_table(measurement)} keyed by reservation_id before anything reads them "
+        f"(written once per reservation by {name}).",
+    )
 
-    @asset(name=name, **asset_kwargs)
+    @multi_asset(
+        name=name,
+        specs=[AssetSpec(name, **spec_args, **spec_kwargs), draws, *also],
+        check_specs=list(check_specs),
+        can_subset=True,  # a selection of the release asset alone still draws and stores
+        **op_args,
+    )
     def _dp_asset(
         context: AssetExecutionContext,
         pipeline: PipelineResource,
         warehouse: WarehouseResource,
         ledger: LedgerResource,
-    ):
+    ) -> Iterator[MaterializeResult]:
         release_date = context.partition_key
         with release_lock(warehouse):
             policy = pipeline.policy()
@@ -104,7 +116,7 @@ def dp_asset(
                 admission = admit(ledger.ledger().reservation(release_date), name, release_date)
                 step = Step(context, pipeline, warehouse, policy, admission)
                 frame, drawn = draw_once(
-                    WarehouseDraws(warehouse),
+                    Draws(warehouse),
                     admission,
                     measurement,
                     lambda: draw(step),
@@ -113,6 +125,21 @@ def dp_asset(
                 )
             except Refused as exc:
                 raise Failure(str(exc)) from exc
-            return publish(step, frame, drawn)
+            published = publish(step, frame, drawn)
+            # a generator writes as it is read: read it while the lock is held
+            results = [published] if isinstance(published, MaterializeResult) else list(published)
+        selected = {key.to_user_string() for key in context.selected_asset_keys}
+        if frame is not None and draws_asset(measurement) in selected:
+            yield MaterializeResult(
+                asset_key=draws_asset(measurement),
+                metadata={
+                    **private_metadata(draws_table(measurement), frame),
+                    "drawn_now": drawn,
+                },
+            )
+        for result in results:
+            result = _keyed(result, name)
+            if result.asset_key.to_user_string() in selected:
+                yield result
 
     return _dp_asset

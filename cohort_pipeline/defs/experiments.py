@@ -1,5 +1,6 @@
 """Group experiments (release zone): the cohort arm versus the popularity arm, with DP readouts."""
 
+import warnings
 from datetime import date
 
 import pandas as pd
@@ -7,13 +8,17 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
+    BetaWarning,
     MaterializeResult,
     MetadataValue,
+    TimeWindowPartitionMapping,
 )
 
 from cohort_pipeline.defs.common import RELEASE, Group, Owner, asset_args, write_release
-from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.defs.ranking import cohort_recommendations
+from cohort_pipeline.defs.dp_asset import Step, dp_asset
+from cohort_pipeline.defs.ingest import catalog, raw_events
+from cohort_pipeline.defs.privacy import privacy_budget_ledger
 from cohort_pipeline.defs.tables import release_table_metadata
 from cohort_pipeline.logic.experiments import (
     EVAL_DAYS,
@@ -31,18 +36,36 @@ from cohort_pipeline.logic.experiments import (
 )
 from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.resources import WarehouseResource
+from cohort_pipeline.storage.warehouse import (
+    COHORT_ASSIGNMENTS,
+    COHORT_RECOMMENDATIONS,
+    COHORT_SIZES,
+    EXPERIMENT_RESULTS,
+    ITEM_POPULARITY,
+    RANKING_WEIGHTS,
+    draws_table,
+    events_since,
+    partition,
+    previous_partition,
+    read_catalog,
+    release_dates,
+    table_name,
+)
 
-TABLE = "release.experiment_results"
+TABLE = EXPERIMENT_RESULTS
 READABLE_CHECK = "experiment_readable"
-
-
-def _at(warehouse, table, day, where="", params=()):
-    return warehouse.read(f"SELECT * FROM {table} WHERE release_date = ? {where}", [day, *params])
+# The releases it reads of the ranking date (release date - EVAL_DAYS), declared as such.
+with warnings.catch_warnings():  # the parameter is a beta API of Dagster 1.13
+    warnings.simplefilter("ignore", BetaWarning)
+    # The first EVAL_DAYS release dates have no ranking date among the partitions.
+    RANKED = TimeWindowPartitionMapping(
+        start_offset=-EVAL_DAYS, end_offset=-EVAL_DAYS, allow_nonexistent_upstream_partitions=True
+    )
 
 
 def _evaluation_inputs(warehouse: WarehouseResource, ranked: str, release_date: str):
     """The ranking release of `ranked` and the evaluation window's items, or a reason why not."""
-    recs = _at(warehouse, "release.cohort_recommendations", ranked)
+    recs = partition(warehouse, COHORT_RECOMMENDATIONS, ranked)
     if recs.empty:
         return (
             None,
@@ -50,26 +73,19 @@ def _evaluation_inputs(warehouse: WarehouseResource, ranked: str, release_date: 
         )
     # Every release table of a date is drawn under one reservation: join on it. The users'
     # cohorts of that date may be none at all (an empty window): that is data, not a reason.
-    same = ("AND reservation_id = ?", (recs["reservation_id"].iloc[0],))
-    plan = _at(warehouse, "release.cohort_sizes", ranked, *same)
-    popularity = _at(warehouse, "release.item_popularity", ranked, *same)
-    found = {"release.cohort_sizes": plan, "release.item_popularity": popularity}
+    same = recs["reservation_id"].iloc[0]
+    plan = partition(warehouse, COHORT_SIZES, ranked, reservation_id=same)
+    popularity = partition(warehouse, ITEM_POPULARITY, ranked, reservation_id=same)
+    found = {COHORT_SIZES: plan, ITEM_POPULARITY: popularity}
     missing = [name for name, frame in found.items() if frame.empty]
     if missing:
         return None, f"the release of {ranked} lacks {', '.join(missing)} of the same reservation"
-    assignments = warehouse.read(
-        "SELECT user_id, cohort_key FROM private.cohort_assignments WHERE release_date = ?",
-        [ranked],
-    )
+    assignments = partition(warehouse, COHORT_ASSIGNMENTS, ranked, "user_id, cohort_key")
     if assignments.empty:
         assignments = pd.DataFrame(
             {"user_id": pd.Series(dtype=str), "cohort_key": pd.Series(dtype=str)}
         )
-    events = warehouse.read(
-        "SELECT user_id, item_id, event_time FROM private.raw_events "
-        "WHERE release_date = ? AND event_time >= ?",
-        [release_date, pd.Timestamp(ranked, tz="UTC")],
-    )
+    events = events_since(warehouse, release_date, pd.Timestamp(ranked, tz="UTC"))
     relevant = relevant_items(events, date.fromisoformat(ranked), date.fromisoformat(release_date))
     return (recs, plan, popularity, assignments, relevant), ""
 
@@ -77,19 +93,16 @@ def _evaluation_inputs(warehouse: WarehouseResource, ranked: str, release_date: 
 def _stability(
     warehouse: WarehouseResource, ranked: str, release_date: str, uplift: float
 ) -> pd.DataFrame:
-    weights = _at(warehouse, "release.ranking_weights", ranked)
-    before = warehouse.read(
-        "SELECT * FROM release.ranking_weights WHERE release_date = "
-        "(SELECT max(release_date) FROM release.ranking_weights WHERE release_date < ?)",
-        [ranked],
-    )
+    weights = partition(warehouse, RANKING_WEIGHTS, ranked)
+    before = previous_partition(warehouse, RANKING_WEIGHTS, ranked)
     change = mean_weight_change(weights, before) if len(weights) and len(before) else float("nan")
-    previous = warehouse.read(
-        f"SELECT value FROM {TABLE} WHERE arm = ? AND metric = ? AND cohort_key = ? "
-        "AND release_date = "
-        f"(SELECT max(release_date) FROM {TABLE} WHERE release_date < ?)",
-        [UPLIFT_ARM, f"{HEADLINE}_uplift", OVERALL, release_date],
-    )
+    previous = previous_partition(warehouse, TABLE, release_date)
+    if len(previous):
+        previous = previous[
+            (previous["arm"] == UPLIFT_ARM)
+            & (previous["metric"] == f"{HEADLINE}_uplift")
+            & (previous["cohort_key"] == OVERALL)
+        ]
     return stability_rows(
         change, uplift, float(previous["value"].iloc[0]) if len(previous) else float("nan")
     )
@@ -107,7 +120,7 @@ def _draw_report(step: Step) -> pd.DataFrame | None:
         )
         return None
     recs, plan, popularity, assignments, relevant = inputs
-    catalog_size = pd.read_csv(step.pipeline.catalog_path, dtype=str)["item_id"].nunique()
+    catalog_size = read_catalog(step.warehouse, step.release_date)["item_id"].nunique()
     figures, noisy_users = experiment_results(
         relevant, assignments, plan, recs, popularity, step.policy.top_n, catalog_size, mech
     )
@@ -128,10 +141,7 @@ def _readable_check(step: Step, results: pd.DataFrame | None, reason: str) -> As
     (how many users, or how much epsilon, would make it readable). Public inputs only."""
     day = date.fromisoformat(step.release_date)
     if results is None:
-        ranked = step.warehouse.read(
-            "SELECT DISTINCT release_date FROM release.cohort_recommendations"
-        )
-        dates = [] if ranked.empty else [d.date() for d in pd.to_datetime(ranked["release_date"])]
+        dates = release_dates(step.warehouse, COHORT_RECOMMENDATIONS)
         if ranking_date(day) not in dates:
             reason = no_experiment_reason(day, dates)
         passed, text = False, reason
@@ -186,8 +196,22 @@ experiment_report = dp_asset(
     measurement="experiment_report",
     draw=_draw_report,
     publish=_publish_report,
-    **asset_args(Group.EXPERIMENTS, Owner.RANKING, RELEASE, {"duckdb", "opendp"}),
-    deps=[cohort_recommendations],
+    args=asset_args(Group.EXPERIMENTS, Owner.RANKING, RELEASE, {"duckdb", "opendp"}),
+    deps=[
+        privacy_budget_ledger,  # this date's reservation
+        *[
+            AssetDep(key, partition_mapping=RANKED)
+            for key in (
+                "cohort_recommendations",
+                "cohort_sizes",
+                table_name(ITEM_POPULARITY),
+                "cohort_assignments",
+                "ranking_weights",
+            )
+        ],
+        raw_events,  # this date's window: the events since the ranking date
+        catalog,
+    ],
     check_specs=[
         AssetCheckSpec(
             READABLE_CHECK,
@@ -201,6 +225,6 @@ experiment_report = dp_asset(
     "since then (temporal split): cohort arm vs popularity arm (DP popularity of the same "
     "release): HR@10, NDCG@10, Recall@20, catalog coverage, per-cohort NDCG@10 uplift, "
     "stability. Means are DP readouts (Gaussian, share budget.split.experiment_report). "
-    f"Table release.experiment_results; the draw is stored first in {draws_table('experiment_report')}, "
+    f"Table {EXPERIMENT_RESULTS}; the draw is stored first in {draws_table('experiment_report')}, "
     "keyed by reservation_id.",
 )

@@ -21,7 +21,6 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline.defs import experiments
 from cohort_pipeline.defs.common import (
     CODE_VERSION,
     RELEASE,
@@ -39,6 +38,14 @@ from cohort_pipeline.logic.experiments import HEADLINE, OVERALL
 from cohort_pipeline.privacy.measurements import REGISTRY, budget_summary
 from cohort_pipeline.privacy.release import budget_cap
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
+from cohort_pipeline.storage.warehouse import (
+    COHORT_CATEGORY_AFFINITY,
+    COHORT_METRICS,
+    COHORT_SIZES,
+    EXPERIMENT_RESULTS,
+    partition,
+    previous_date,
+)
 
 # The assets charged in the ledger (measurements.REGISTRY): the scorecard reads every one; the
 # audit report those released from bounded tables, with their post-processing.
@@ -122,7 +129,7 @@ def audit_report(
     summary = budget_summary(store, policy, as_of=release_date)
     burn = reports.burn_down(store.rows(), cap, release_date)
     chart = reports.burn_down_png(burn, cap)
-    sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
+    sizes = release_rows(warehouse, COHORT_SIZES, release_date)
     commit = git_commit()
     inputs = dict(
         release_date=release_date,
@@ -179,20 +186,15 @@ def privacy_notice(context: AssetExecutionContext, pipeline: PipelineResource):
     )
 
 
-def _previous_date(warehouse: WarehouseResource, release_date: str) -> str | None:
-    found = warehouse.read(
-        "SELECT max(release_date) AS d FROM release.cohort_sizes WHERE release_date < ?",
-        [release_date],
-    )
-    return None if found.empty or pd.isna(found.iloc[0, 0]) else str(found.iloc[0, 0])[:10]
-
-
 def experiment_uplift(warehouse: WarehouseResource, release_date: str) -> dict:
     """The experiment's overall DP uplift readout of this date, once there is one."""
-    found = warehouse.read(
-        f"SELECT value FROM {experiments.TABLE} WHERE release_date = ? AND metric = ? "
-        "AND cohort_key = ?",
-        [release_date, f"{HEADLINE}_uplift", OVERALL],
+    found = partition(
+        warehouse,
+        EXPERIMENT_RESULTS,
+        release_date,
+        "value",
+        metric=f"{HEADLINE}_uplift",
+        cohort_key=OVERALL,
     )
     return {} if found.empty else {f"experiment_{HEADLINE}_uplift": float(found.iloc[0, 0])}
 
@@ -228,16 +230,16 @@ def privacy_scorecard(
 ):
     policy, release_date = pipeline.policy(), context.partition_key
     summary = budget_summary(ledger.ledger(), policy, as_of=release_date)
-    sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
-    metrics = release_rows(warehouse, "release.cohort_metrics", release_date)
-    affinity = release_rows(warehouse, "release.cohort_category_affinity", release_date)
-    previous = _previous_date(warehouse, release_date)
+    sizes = release_rows(warehouse, COHORT_SIZES, release_date)
+    metrics = release_rows(warehouse, COHORT_METRICS, release_date)
+    affinity = release_rows(warehouse, COHORT_CATEGORY_AFFINITY, release_date)
+    previous = previous_date(warehouse, COHORT_SIZES, release_date)
     drift = {"cohort_share_psi": 0.0, "affinity_psi": 0.0, "drift_psi": 0.0}
     if previous:
         drift = alerts.release_drift(
-            release_rows(warehouse, "release.cohort_sizes", previous),
+            release_rows(warehouse, COHORT_SIZES, previous),
             sizes,
-            release_rows(warehouse, "release.cohort_category_affinity", previous),
+            release_rows(warehouse, COHORT_CATEGORY_AFFINITY, previous),
             affinity,
             policy.shrinkage,
         )

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
-from cohort_pipeline.defs.cohorts import user_profiles
+from cohort_pipeline.defs.cohorts import PROFILES, totals
 from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
@@ -12,50 +12,64 @@ from cohort_pipeline.defs.common import (
     Owner,
     asset_args,
     private_totals,
+    release_rows,
     table_preview,
     write_release,
 )
-from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.defs.privacy import cohort_sizes
+from cohort_pipeline.defs.dp_asset import Step, dp_asset
+from cohort_pipeline.defs.ingest import catalog
 from cohort_pipeline.defs.tables import noisy_metadata, release_table_metadata
 from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import release_cohort_affinity, release_cohort_metrics
-from cohort_pipeline.resources import WarehouseResource, replace_partition
+from cohort_pipeline.resources import WarehouseResource
+from cohort_pipeline.storage.warehouse import (
+    COHORT_CATEGORY_AFFINITY,
+    COHORT_CATEGORY_TOTALS,
+    COHORT_METRICS,
+    COHORT_SIMILARITY,
+    COHORT_SIZES,
+    COHORT_TOTALS,
+    draws_table,
+    partition,
+    read_catalog,
+    replace_partition,
+)
 
 DP_ASSET = dict(
-    **asset_args(Group.METRICS, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
+    args=asset_args(Group.METRICS, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[cohort_sizes, user_profiles],
 )
 
 
 def released_plan(step: Step) -> pd.DataFrame:
     """The cohort plan (release.cohort_sizes) released under the same reservation."""
-    plan = step.warehouse.read(
-        "SELECT * FROM release.cohort_sizes WHERE release_date = ? AND reservation_id = ?",
-        [step.release_date, step.admission.reservation_id],
+    plan = partition(
+        step.warehouse,
+        COHORT_SIZES,
+        step.release_date,
+        reservation_id=step.admission.reservation_id,
     )
     if plan.empty:
         raise Failure(
             f"refusing to compute {step.admission.asset} for {step.release_date}: "
-            "release.cohort_sizes holds no released cohorts under its reservation "
+            f"{COHORT_SIZES} holds no released cohorts under its reservation "
             f"{step.admission.reservation_id} (its check min_cohort_size must pass first)"
         )
     return plan.drop(columns=["release_date"])
 
 
 def _draw_metrics(step: Step) -> pd.DataFrame:
-    totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
+    sums = private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
     mechs = mechanisms(step.policy)
     return release_cohort_metrics(
-        totals, released_plan(step), step.policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
+        sums, released_plan(step), step.policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
     )
 
 
 def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    stored = write_release(step.warehouse, "release.cohort_metrics", step.admission, metrics)
+    stored = write_release(step.warehouse, COHORT_METRICS, step.admission, metrics)
     meta = {
-        **release_table_metadata("release.cohort_metrics", stored),
+        **release_table_metadata(COHORT_METRICS, stored),
         "drawn_now": drawn,
         "noise_scale": float(metrics["noise_scale"].iloc[0]),
     }
@@ -85,30 +99,28 @@ cohort_metrics = dp_asset(
     draw=_draw_metrics,
     publish=_publish_metrics,
     **DP_ASSET,
+    deps=["cohort_sizes", PROFILES, totals("cohort_metrics")],
     description="DP per released cohort: users (from cohort_sizes), mean session duration, 7-day conversion "
-    "rate and sessions per user (Gaussian, zCDP), each with a 95% half-width. Table release.cohort_metrics; "
+    f"rate and sessions per user (Gaussian, zCDP), each with a 95% half-width. Table {COHORT_METRICS}; "
     f"the draw is stored first in {draws_table('cohort_metrics')}, keyed by reservation_id.",
 )
 
 
 def _draw_affinity(step: Step) -> pd.DataFrame:
-    totals = private_totals(step.warehouse, "private.cohort_category_totals", step.release_date)
-    categories = sorted(
-        pd.read_csv(step.pipeline.catalog_path, dtype=str)["category"].dropna().unique()
-    )
+    sums = private_totals(step.warehouse, COHORT_CATEGORY_TOTALS, step.release_date)
+    items = read_catalog(step.warehouse, step.release_date)
+    categories = sorted(items["category"].dropna().unique())
     mech = mechanisms(step.policy)["cohort_category_affinity"]
-    return release_cohort_affinity(totals, released_plan(step), categories, step.policy, mech)
+    return release_cohort_affinity(sums, released_plan(step), categories, step.policy, mech)
 
 
 def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    stored = write_release(
-        step.warehouse, "release.cohort_category_affinity", step.admission, affinity
-    )
+    stored = write_release(step.warehouse, COHORT_CATEGORY_AFFINITY, step.admission, affinity)
     top = affinity.sort_values(["share", "cohort_key", "category"], ascending=False)
     top = top.groupby("cohort_key").head(3)
     return MaterializeResult(
         metadata={
-            **release_table_metadata("release.cohort_category_affinity", stored),
+            **release_table_metadata(COHORT_CATEGORY_AFFINITY, stored),
             "drawn_now": drawn,
             "noise_scale": float(affinity["noise_scale"].iloc[0]),
             "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),
@@ -126,8 +138,9 @@ cohort_category_affinity = dp_asset(
     draw=_draw_affinity,
     publish=_publish_affinity,
     **DP_ASSET,
+    deps=["cohort_sizes", PROFILES, totals("cohort_category_affinity"), catalog],
     description="DP engagement per released cohort x catalog category (each user's category vector bounded "
-    "in L2 norm, Gaussian noise under zCDP). Table release.cohort_category_affinity; the draw is stored "
+    f"in L2 norm, Gaussian noise under zCDP). Table {COHORT_CATEGORY_AFFINITY}; the draw is stored "
     f"first in {draws_table('cohort_category_affinity')}, keyed by reservation_id.",
 )
 
@@ -151,24 +164,19 @@ def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:
 
 @asset(
     **asset_args(Group.METRICS, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
-    deps=[cohort_category_affinity],
+    deps=["cohort_category_affinity"],
     description="Cosine similarity between cohorts' DP category profiles (post-processing, no budget). "
-    "Table release.cohort_similarity.",
+    f"Table {COHORT_SIMILARITY}.",
 )
 def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResource):
-    affinity = warehouse.read(
-        "SELECT * FROM release.cohort_category_affinity WHERE release_date = ?",
-        [context.partition_key],
-    )
-    if affinity.empty:
-        raise Failure(f"release.cohort_category_affinity has no rows for {context.partition_key}")
+    affinity = release_rows(warehouse, COHORT_CATEGORY_AFFINITY, context.partition_key)
     sim = cosine_similarity(affinity)
     with warehouse.connect() as con:
-        replace_partition(con, "release.cohort_similarity", context.partition_key, sim)
+        replace_partition(con, COHORT_SIMILARITY, context.partition_key, sim)
     off = sim[sim["cohort_key"] != sim["other_cohort_key"]]["similarity"]
     return MaterializeResult(
         metadata={
-            **release_table_metadata("release.cohort_similarity", sim),
+            **release_table_metadata(COHORT_SIMILARITY, sim),
             "mean_similarity": float(off.mean()) if len(off) else 1.0,
             "min_similarity": float(off.min()) if len(off) else 1.0,
         }

@@ -12,7 +12,7 @@ from dagster import (
     asset,
 )
 
-from cohort_pipeline.defs.cohorts import cohort_assignments, user_profiles
+from cohort_pipeline.defs.cohorts import PROFILES, cohort_assignments, totals
 from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
@@ -23,7 +23,7 @@ from cohort_pipeline.defs.common import (
     table_preview,
     write_release,
 )
-from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
+from cohort_pipeline.defs.dp_asset import Step, dp_asset
 from cohort_pipeline.defs.tables import (
     constants_metadata,
     noisy_metadata,
@@ -43,6 +43,7 @@ from cohort_pipeline.resources import (
     PipelineResource,
     WarehouseResource,
 )
+from cohort_pipeline.storage.warehouse import COHORT_SIZES, COHORT_TOTALS, draws_table
 
 BUDGET_CHECK = "budget_within_limit"
 # Run tag asking for a fresh draw of a released date; its value is the operator's reason.
@@ -208,8 +209,8 @@ def privacy_budget_ledger(
 
 
 def _draw_sizes(step: Step) -> pd.DataFrame:
-    totals = private_totals(step.warehouse, "private.cohort_totals", step.release_date)
-    return release_cohort_sizes(totals, step.policy, mechanisms(step.policy)["cohort_sizes"])
+    sums = private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
+    return release_cohort_sizes(sums, step.policy, mechanisms(step.policy)["cohort_sizes"])
 
 
 def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeResult:
@@ -219,7 +220,7 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     smallest = float(sizes["noisy_users"].min())
     passed = smallest >= policy.min_size
     if passed:  # the checked table is stored before its check runs: store only what passes
-        stored = write_release(step.warehouse, "release.cohort_sizes", step.admission, sizes)
+        stored = write_release(step.warehouse, COHORT_SIZES, step.admission, sizes)
     check = AssetCheckResult(
         check_name=MIN_SIZE_CHECK,
         passed=passed,
@@ -242,7 +243,7 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     return MaterializeResult(
         metadata={
             **release_table_metadata(
-                "release.cohort_sizes", stored, tuple(d.name for d in policy.dimensions)
+                COHORT_SIZES, stored, tuple(d.name for d in policy.dimensions)
             ),
             "released_cohorts": len(sizes),
             "coarsened_cohorts": coarsened,
@@ -271,9 +272,9 @@ cohort_sizes = dp_asset(
     measurement="cohort_sizes",
     draw=_draw_sizes,
     publish=_publish_sizes,
-    **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
+    args=asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[privacy_budget_ledger, cohort_assignments, user_profiles],
+    deps=[privacy_budget_ledger, cohort_assignments, PROFILES, totals("cohort_sizes")],
     check_specs=[
         AssetCheckSpec(
             MIN_SIZE_CHECK,
@@ -284,6 +285,6 @@ cohort_sizes = dp_asset(
         )
     ],
     description="DP user counts (Laplace) over the public cohort key set, and the coarsening plan: cohorts "
-    "whose noisy size is below k are merged into their parents. Table release.cohort_sizes; the draw is "
+    f"whose noisy size is below k are merged into their parents. Table {COHORT_SIZES}; the draw is "
     f"stored first in {draws_table('cohort_sizes')}, keyed by reservation_id.",
 )

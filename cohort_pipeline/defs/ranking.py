@@ -7,11 +7,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSpec,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
+from cohort_pipeline.defs.cohorts import totals
 from cohort_pipeline.defs.common import (
     AFTER_BLOCKING_CHECKS,
     RELEASE,
@@ -20,12 +22,12 @@ from cohort_pipeline.defs.common import (
     asset_args,
     private_totals,
     release_rows,
+    split_args,
     table_preview,
     write_release,
 )
-from cohort_pipeline.defs.dp_asset import Step, dp_asset, draws_table
-from cohort_pipeline.defs.metrics import cohort_category_affinity
-from cohort_pipeline.defs.privacy import cohort_sizes
+from cohort_pipeline.defs.dp_asset import Step, dp_asset
+from cohort_pipeline.defs.ingest import catalog
 from cohort_pipeline.defs.tables import constants_metadata, release_table_metadata
 from cohort_pipeline.logic.ranking import (
     max_weight_change,
@@ -36,7 +38,20 @@ from cohort_pipeline.logic.ranking import (
 )
 from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.release import release_item_popularity
-from cohort_pipeline.resources import PipelineResource, WarehouseResource, replace_partition
+from cohort_pipeline.resources import PipelineResource, WarehouseResource
+from cohort_pipeline.storage.warehouse import (
+    COHORT_CATEGORY_AFFINITY,
+    COHORT_RECOMMENDATIONS,
+    COHORT_SIZES,
+    ITEM_POPULARITY,
+    ITEM_TOTALS,
+    RANKING_WEIGHTS,
+    draws_table,
+    previous_partition,
+    read_catalog,
+    replace_partition,
+    table_name,
+)
 
 CHANGE_CHECK = "weight_change_within_limit"
 FLOOR_CHECK = "fairness_floor_met"
@@ -45,7 +60,7 @@ FLOOR_CHECK = "fairness_floor_met"
 @asset(
     **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
     automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[cohort_category_affinity, cohort_sizes],
+    deps=["cohort_category_affinity", "cohort_sizes"],
     check_specs=[
         AssetCheckSpec(
             CHANGE_CHECK,
@@ -62,20 +77,16 @@ FLOOR_CHECK = "fairness_floor_met"
     ],
     description="Per cohort x category weights from the DP affinities: shrinkage toward the global profile "
     "(more for smaller cohorts), bounded change versus the previous release, fairness floor. "
-    "Post-processing only. Table release.ranking_weights.",
+    f"Post-processing only. Table {RANKING_WEIGHTS}.",
 )
 def ranking_weights(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    affinity = release_rows(warehouse, "release.cohort_category_affinity", release_date)
-    sizes = release_rows(warehouse, "release.cohort_sizes", release_date)
-    previous = warehouse.read(
-        "SELECT * FROM release.ranking_weights WHERE release_date = "
-        "(SELECT max(release_date) FROM release.ranking_weights WHERE release_date < ?)",
-        [release_date],
-    )
+    affinity = release_rows(warehouse, COHORT_CATEGORY_AFFINITY, release_date)
+    sizes = release_rows(warehouse, COHORT_SIZES, release_date)
+    previous = previous_partition(warehouse, RANKING_WEIGHTS, release_date)
     weights = compute_weights(affinity, sizes, None if previous.empty else previous, policy)
     change, floor = max_weight_change(weights), float(weights["weight"].min())
     change_ok = change <= policy.max_change + 1e-9
@@ -85,8 +96,8 @@ def ranking_weights(
     if change_ok and floor_ok:
         released = weights.assign(policy_hash=policy.hash)
         with warehouse.connect() as con:
-            replace_partition(con, "release.ranking_weights", release_date, released)
-        stored = release_table_metadata("release.ranking_weights", released)
+            replace_partition(con, RANKING_WEIGHTS, release_date, released)
+        stored = release_table_metadata(RANKING_WEIGHTS, released)
     return MaterializeResult(
         metadata={
             **stored,
@@ -124,27 +135,32 @@ def ranking_weights(
 
 
 def _draw_popularity(step: Step) -> pd.DataFrame:
-    items = private_totals(step.warehouse, "private.item_totals", step.release_date)
+    items = private_totals(step.warehouse, ITEM_TOTALS, step.release_date)
     mech = mechanisms(step.policy)["item_popularity"]
     return release_item_popularity(items, _catalog(step), step.policy, mech)
 
 
 def _catalog(step: Step) -> pd.DataFrame:
-    return pd.read_csv(step.pipeline.catalog_path, dtype=str).dropna().drop_duplicates("item_id")
+    items = read_catalog(step.warehouse, step.release_date)
+    return items.dropna().drop_duplicates("item_id")
 
 
 def _publish_recommendations(step: Step, popularity: pd.DataFrame, drawn: bool):
     # Both tables are post-processing of the stored popularity draw: writing them again on a
     # retry (after a failure between them) releases nothing new.
-    write_release(step.warehouse, "release.item_popularity", step.admission, popularity)
-    weights = release_rows(step.warehouse, "release.ranking_weights", step.release_date)
+    stored = write_release(step.warehouse, ITEM_POPULARITY, step.admission, popularity)
+    weights = release_rows(step.warehouse, RANKING_WEIGHTS, step.release_date)
     recs = recommendations(weights, popularity, step.policy.top_n)
-    recs = write_release(step.warehouse, "release.cohort_recommendations", step.admission, recs)
+    recs = write_release(step.warehouse, COHORT_RECOMMENDATIONS, step.admission, recs)
     path = step.pipeline.exports_dir(step.release_date) / "cohort_recommendations.csv"
     recs[["cohort_key", "rank", "item_id", "category", "score"]].to_csv(path, index=False)
-    return MaterializeResult(
+    yield MaterializeResult(
+        asset_key=table_name(ITEM_POPULARITY),
+        metadata={**release_table_metadata(ITEM_POPULARITY, stored), "drawn_now": drawn},
+    )
+    yield MaterializeResult(
         metadata={
-            **release_table_metadata("release.cohort_recommendations", recs),
+            **release_table_metadata(COHORT_RECOMMENDATIONS, recs),
             "drawn_now": drawn,
             "export": MetadataValue.path(str(path)),
             "cohorts": int(recs["cohort_key"].nunique()),
@@ -161,11 +177,22 @@ cohort_recommendations = dp_asset(
     measurement="item_popularity",
     draw=_draw_popularity,
     publish=_publish_recommendations,
-    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
+    args=asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
+    also=(
+        AssetSpec(
+            table_name(ITEM_POPULARITY),
+            **split_args(asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp"}))[
+                0
+            ],
+            deps=[totals("item_popularity"), catalog],
+            description=f"DP global item popularity (Gaussian), table {ITEM_POPULARITY}: "
+            "post-processing of the stored draw, written with cohort_recommendations.",
+        ),
+    ),
     automation_condition=AFTER_BLOCKING_CHECKS,
-    deps=[ranking_weights],
+    deps=[ranking_weights, totals("item_popularity"), catalog],
     description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "
     f"The popularity draw is stored first in {draws_table('item_popularity')}, keyed by reservation_id; "
-    "tables release.item_popularity and release.cohort_recommendations are computed from it, and "
+    f"tables {ITEM_POPULARITY} and {COHORT_RECOMMENDATIONS} are computed from it, and "
     "exported to exports/<date>/cohort_recommendations.csv.",
 )

@@ -26,6 +26,16 @@ from cohort_pipeline.logic.display import (
     round_half_width,
     round_to_accuracy,
 )
+from cohort_pipeline.storage.warehouse import (
+    COHORT_CATEGORY_AFFINITY,
+    COHORT_METRICS,
+    COHORT_RECOMMENDATIONS,
+    COHORT_SIMILARITY,
+    COHORT_SIZES,
+    EXPERIMENT_RESULTS,
+    ITEM_POPULARITY,
+    RANKING_WEIGHTS,
+)
 
 CATALOG = "warehouse"  # DuckDB names a file's catalog after the file: warehouse.duckdb
 
@@ -84,32 +94,32 @@ DEFAULT_DIMENSIONS = ("engagement", "recency", "device")  # data/policy.yaml's
 
 # Each release table's columns, in the order they are stored.
 TABLES: dict[str, tuple[str, ...]] = {
-    "release.cohort_sizes": (
+    COHORT_SIZES: (
         "release_date", "cohort_key", DIMENSIONS, "members",
         "noisy_users", "noise_scale", "accuracy_95", *STAMP,
     ),
-    "release.cohort_metrics": (
+    COHORT_METRICS: (
         "release_date", "cohort_key", "users",
         "mean_session_duration_s", "mean_session_duration_s_accuracy_95",
         "conversion_rate", "conversion_rate_accuracy_95",
         "sessions_per_user", "sessions_per_user_accuracy_95", "noise_scale", *STAMP,
     ),
-    "release.cohort_category_affinity": (
+    COHORT_CATEGORY_AFFINITY: (
         "release_date", "cohort_key", "category", "noisy_sum", "affinity", "share",
         "accuracy_95", "noise_scale", *STAMP,
     ),
-    "release.cohort_similarity": ("release_date", "cohort_key", "other_cohort_key", "similarity"),
-    "release.ranking_weights": (
+    COHORT_SIMILARITY: ("release_date", "cohort_key", "other_cohort_key", "similarity"),
+    RANKING_WEIGHTS: (
         "release_date", "cohort_key", "category", "weight", "boost", "shrinkage",
         "previous_weight", "policy_hash",
     ),
-    "release.cohort_recommendations": (
+    COHORT_RECOMMENDATIONS: (
         "release_date", "cohort_key", "rank", "item_id", "category", "score", *STAMP,
     ),
-    "release.item_popularity": (
+    ITEM_POPULARITY: (
         "release_date", "item_id", "category", "noisy_popularity", "category_share", *STAMP,
     ),
-    "release.experiment_results": (
+    EXPERIMENT_RESULTS: (
         "release_date", "arm", "metric", "cohort_key", "value", "ci_low", "ci_high",
         "noisy_evaluated_users", "noise_std", "ranking_release", *STAMP,
     ),
@@ -117,42 +127,43 @@ TABLES: dict[str, tuple[str, ...]] = {
 
 # The release table each asset writes.
 ASSET_TABLES = {
-    "cohort_sizes": "release.cohort_sizes",
-    "cohort_metrics": "release.cohort_metrics",
-    "cohort_category_affinity": "release.cohort_category_affinity",
-    "cohort_similarity": "release.cohort_similarity",
-    "ranking_weights": "release.ranking_weights",
-    "cohort_recommendations": "release.cohort_recommendations",
-    "experiment_report": "release.experiment_results",
+    "cohort_sizes": COHORT_SIZES,
+    "cohort_metrics": COHORT_METRICS,
+    "cohort_category_affinity": COHORT_CATEGORY_AFFINITY,
+    "cohort_similarity": COHORT_SIMILARITY,
+    "ranking_weights": RANKING_WEIGHTS,
+    "cohort_recommendations": COHORT_RECOMMENDATIONS,
+    "experiment_report": EXPERIMENT_RESULTS,
+    "item_popularity": ITEM_POPULARITY,
 }
 
 # Where released columns come from: (asset, column) of the private assets (and the releases
 # they post-process). Noise scales, accuracies and stamps come from the policy and the ledger.
 _PROFILE = ("user_profiles", "cohort_key")
 LINEAGE: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "release.cohort_sizes": {
+    COHORT_SIZES: {
         "noisy_users": [("cohort_assignments", "user_id"), ("cohort_assignments", "cohort_key")],
     },
-    "release.cohort_metrics": {
+    COHORT_METRICS: {
         "users": [("cohort_sizes", "noisy_users")],
         "mean_session_duration_s": [("user_profiles", "mean_duration_s"), _PROFILE],
         "conversion_rate": [("user_profiles", "converted"), _PROFILE],
         "sessions_per_user": [("user_profiles", "sessions"), _PROFILE],
     },
-    "release.cohort_category_affinity": {
+    COHORT_CATEGORY_AFFINITY: {
         column: [("raw_events", "item_id"), ("raw_events", "event_type"), _PROFILE]
         for column in ("noisy_sum", "affinity", "share")
     },
-    "release.cohort_similarity": {"similarity": [("cohort_category_affinity", "share")]},
-    "release.ranking_weights": {
+    COHORT_SIMILARITY: {"similarity": [("cohort_category_affinity", "share")]},
+    RANKING_WEIGHTS: {
         column: [("cohort_category_affinity", "share"), ("cohort_sizes", "noisy_users")]
         for column in ("weight", "boost", "shrinkage")
     },
-    "release.cohort_recommendations": {
+    COHORT_RECOMMENDATIONS: {
         "score": [("ranking_weights", "weight"), ("raw_events", "item_id")],
         "rank": [("ranking_weights", "weight"), ("raw_events", "item_id")],
     },
-    "release.experiment_results": {
+    EXPERIMENT_RESULTS: {
         column: [
             ("raw_events", "item_id"),
             ("raw_events", "event_time"),

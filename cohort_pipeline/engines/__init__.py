@@ -26,6 +26,7 @@ from cohort_pipeline.privacy.bounding import (
     working,
 )
 from cohort_pipeline.settings import Settings, use_this_python_for_spark
+from cohort_pipeline.storage.warehouse import private_table
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -76,7 +77,7 @@ class DuckDBEngine(BoundingEngine):
             for name in filter(working, names):
                 con.execute(f"DROP TABLE temp.{name}")  # its memory is needed for storing the rest
             stored = [name for name in names if not working(name)]
-            yield [(f"private.{name}", f"SELECT * FROM {name}") for name in stored]
+            yield [(private_table(name), f"SELECT * FROM {name}") for name in stored]
         finally:
             for name in names:
                 con.execute(f"DROP TABLE IF EXISTS temp.{name}")

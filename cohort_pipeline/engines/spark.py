@@ -27,6 +27,7 @@ from sqlglot import exp
 from cohort_pipeline.engines import BoundingEngine, Progress
 from cohort_pipeline.policy import Policy
 from cohort_pipeline.privacy.bounding import bounded_totals, working
+from cohort_pipeline.storage.warehouse import private_table
 
 
 def _struct_order(node: exp.Expression) -> exp.Expression:
@@ -125,7 +126,7 @@ class SparkEngine(BoundingEngine):
                     progress(done, len(bounding))
                 if not working(name):
                     queries.append(
-                        (f"private.{name}", f"SELECT * FROM read_parquet('{target}/*.parquet')")
+                        (private_table(name), f"SELECT * FROM read_parquet('{target}/*.parquet')")
                     )
             yield queries
         finally:

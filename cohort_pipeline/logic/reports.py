@@ -127,7 +127,7 @@ def measured(rows: pd.DataFrame) -> pd.DataFrame:
     specs = [measurement_of(asset) for asset in rows["asset"]]
     return rows.assign(
         measurement=[s.name if s else "" for s in specs],
-        reads=[f"private.{s.source}" if s and s.source else "" for s in specs],
+        reads=[s.source if s and s.source else "" for s in specs],
         what=[s.what if s else "" for s in specs],
     )
 

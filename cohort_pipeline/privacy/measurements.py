@@ -41,6 +41,12 @@ from cohort_pipeline.privacy.release import (
     release_cohort_sizes,
     release_item_popularity,
 )
+from cohort_pipeline.storage.warehouse import (
+    COHORT_CATEGORY_TOTALS,
+    COHORT_TOTALS,
+    ITEM_TOTALS,
+    table_name,
+)
 
 Mechanisms = Mapping[str, Mechanism]
 
@@ -73,7 +79,7 @@ class MeasurementSpec:
     l2: Callable[[Policy], float]
     l1: Callable[[Policy], float] | None  # basic composition uses Laplace where this is set
     what: str  # one line for reports
-    source: str | None = None  # the bounded table it reads (bounding.bounded_totals)
+    source: str | None = None  # the bounded table it reads (storage/warehouse.py's name)
     release: ReleaseFunction | None = None  # None: released by its asset from other inputs
 
     def mechanism(self, policy: Policy, share: float, gaussian_shares: float) -> Mechanism:
@@ -107,7 +113,7 @@ REGISTRY: dict[str, MeasurementSpec] = {
             l2=lambda p: 1.0,
             l1=lambda p: 1.0,
             what="users per cohort (coarsening plan)",
-            source="cohort_totals",
+            source=COHORT_TOTALS,
             release=lambda totals, inputs, policy, mechs: release_cohort_sizes(
                 totals, policy, mechs["cohort_sizes"]
             ),
@@ -119,7 +125,7 @@ REGISTRY: dict[str, MeasurementSpec] = {
             l2=lambda p: METRICS_SENSITIVITY,
             l1=lambda p: 0.5 * len(METRIC_COLUMNS),
             what="per cohort: mean session duration, conversion rate, sessions per user",
-            source="cohort_totals",
+            source=COHORT_TOTALS,
             release=_metrics,
         ),
         MeasurementSpec(
@@ -129,7 +135,7 @@ REGISTRY: dict[str, MeasurementSpec] = {
             l2=lambda p: p.category_l2_norm,
             l1=None,
             what="per cohort x category engagement",
-            source="cohort_category_totals",
+            source=COHORT_CATEGORY_TOTALS,
             release=lambda totals, inputs, policy, mechs: release_cohort_affinity(
                 totals, inputs.plan, inputs.categories, policy, mechs["cohort_category_affinity"]
             ),
@@ -141,7 +147,7 @@ REGISTRY: dict[str, MeasurementSpec] = {
             l2=lambda p: p.item_l2_norm,
             l1=None,
             what="global item popularity, ranked per cohort into cohort_recommendations",
-            source="item_totals",
+            source=ITEM_TOTALS,
             release=lambda totals, inputs, policy, mechs: release_item_popularity(
                 totals, inputs.catalog, policy, mechs["item_popularity"]
             ),
@@ -205,7 +211,8 @@ def release_measurement(
     spec = REGISTRY[name]
     if spec.release is None or spec.source is None:
         raise ValueError(f"measurement {name} is released by its asset, not from a table")
-    return spec.release(inputs.tables[spec.source], inputs, policy, mechs or mechanisms(policy))
+    totals = inputs.tables[table_name(spec.source)]
+    return spec.release(totals, inputs, policy, mechs or mechanisms(policy))
 
 
 def measurement_of(ledger_asset: str) -> MeasurementSpec | None:
