@@ -8,15 +8,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from cohort_pipeline.definitions import all_assets, resources_for
+from cohort_pipeline.defs.cohorts import TOTALS
 from cohort_pipeline.tools.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "data" / "policy.yaml"
 END = dt.date(2026, 11, 28)  # last day of the generated sample: the release date tests use
 RELEASE_DATE = END.isoformat()
+# The tables user_profiles writes together: a selection takes all of them or none.
+BOUNDED = ["user_profiles", *TOTALS]
 
 
 def write_policy(data_dir: Path, **overrides) -> Path:
@@ -48,7 +51,10 @@ def run_release(
     selection=None,
     tags: dict[str, str] | None = None,
 ):
-    """Materialize the release graph (or `selection`) for one date, in process."""
+    """Materialize the release graph (or `selection`) for one date, in process. As in the
+    UI, a selection takes the whole of a multi-asset that cannot be split (user_profiles)."""
+    if selection is not None:
+        selection = AssetSelection.from_coercible(selection).required_multi_asset_neighbors()
     return materialize(
         all_assets,
         selection=selection,

@@ -16,7 +16,7 @@ import pytest
 from cohort_pipeline.logic import alerts
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.measurements import release_spend
-from cohort_pipeline_tests.conftest import check_results, run_release, write_policy
+from cohort_pipeline_tests.conftest import BOUNDED, check_results, run_release, write_policy
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -172,7 +172,7 @@ def test_releases_near_and_over_the_cap_alert_the_webhook(small_dir, webhook, mo
             "catalog",
             "opt_outs",
             "raw_events",
-            "user_profiles",
+            *BOUNDED,
             "cohort_assignments",
             "privacy_budget_ledger",
         ],

@@ -35,7 +35,7 @@ from cohort_pipeline.privacy.release import (
 )
 from cohort_pipeline.tools.end_to_end_audit import Recorder
 from cohort_pipeline.tools.generate import generate
-from cohort_pipeline_tests.conftest import END, POLICY
+from cohort_pipeline_tests.conftest import BOUNDED, END, POLICY
 
 DEFAULT = load_policy(POLICY)
 
@@ -322,7 +322,7 @@ def test_a_dimension_added_to_the_policy_alone_reaches_a_dagster_release(small_d
     dimensions = {**raw["cohorts"]["dimensions"], "duration": NEW_DIMENSIONS["mean_duration_s"]}
     order = ["duration", *raw["cohorts"]["coarsening_order"]]
     write_policy(small_dir, **{"cohorts.dimensions": dimensions, "cohorts.coarsening_order": order})
-    steps = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    steps = ["catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments"]
     result = run_release(small_dir, selection=[*steps, "privacy_budget_ledger", "cohort_sizes"])
     assert result.success
     with duckdb.connect(str(small_dir / "warehouse.duckdb"), read_only=True) as con:

@@ -46,7 +46,7 @@ from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.measurements import mechanisms
 from cohort_pipeline.privacy.mechanisms import gaussian
 from cohort_pipeline.privacy.release import EXPERIMENT_SENSITIVITY
-from cohort_pipeline_tests.conftest import END, POLICY, RELEASE_DATE, run_release
+from cohort_pipeline_tests.conftest import BOUNDED, END, POLICY, RELEASE_DATE, run_release
 
 KEYS = ["a|x|m", "b|y|d", "c|z|m"]
 LIST = pd.DataFrame(
@@ -360,8 +360,7 @@ def test_report_without_the_earlier_release_says_so_then_evaluates_it_once_it_ex
 
 def test_report_refuses_without_a_reservation(small_dir):
     private = [
-        AssetKey(k)
-        for k in ("catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments")
+        AssetKey(k) for k in ("catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments")
     ]
     assert run_release(small_dir, selection=private).success
     result = run_release(small_dir, selection=[AssetKey("experiment_report")])

@@ -36,6 +36,7 @@ from cohort_pipeline.privacy.measurements import planned_measurements, release_s
 from cohort_pipeline.privacy.release import budget_cap, exact_cohort_counts
 from cohort_pipeline.tools.cli import main
 from cohort_pipeline_tests.conftest import (
+    BOUNDED,
     POLICY,
     RELEASE_DATE,
     check_results,
@@ -59,11 +60,11 @@ RESERVATION = [
     "catalog",
     "opt_outs",
     "raw_events",
-    "user_profiles",
+    *BOUNDED,
     "cohort_assignments",
     "privacy_budget_ledger",
 ]
-REFRESH = [AssetKey("ranking_weights"), AssetKey("cohort_recommendations")]
+REFRESH = [AssetKey(k) for k in ("ranking_weights", "cohort_recommendations", "item_popularity")]
 
 
 def _scorecard(result) -> dict:

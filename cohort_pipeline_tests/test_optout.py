@@ -15,9 +15,9 @@ from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.release import exact_cohort_counts
 from cohort_pipeline.storage import optouts
 from cohort_pipeline.tools.cli import main
-from cohort_pipeline_tests.conftest import RELEASE_DATE, run_release
+from cohort_pipeline_tests.conftest import BOUNDED, RELEASE_DATE, run_release
 
-PRIVATE_STEPS = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+PRIVATE_STEPS = ["catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments"]
 
 
 def test_add_remove_and_read_round_trip(tmp_path):
@@ -86,7 +86,7 @@ def test_opted_out_user_is_excluded_from_every_exact_aggregate(small_dir, capsys
     assert run_release(small_dir, selection=PRIVATE_STEPS).success
 
     after = {t: _private(small_dir, t) for t in sums}
-    for table in ("raw_events", "user_profiles", "cohort_assignments"):
+    for table in ("raw_events", *BOUNDED, "cohort_assignments"):
         assert user not in set(_private(small_dir, table)["user_id"]), table
     assert len(_private(small_dir, "raw_events")) == len(events) - (events["user_id"] == user).sum()
     # Cohort sizes: exactly one fewer in the user's cohort, every other cohort unchanged.

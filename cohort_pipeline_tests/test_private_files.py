@@ -15,7 +15,7 @@ from dagster import DagsterInstance, materialize
 from cohort_pipeline.definitions import all_assets, resources_for
 from cohort_pipeline.resources import WarehouseResource
 from cohort_pipeline.storage import optouts
-from cohort_pipeline_tests.conftest import END, run_release, write_policy
+from cohort_pipeline_tests.conftest import BOUNDED, END, run_release, write_policy
 
 BIN = Path(sys.executable).parent
 
@@ -52,7 +52,7 @@ def test_a_new_data_folder_and_its_private_files_are_closed_to_other_users(tmp_p
     )
     result = materialize(
         all_assets,
-        selection=["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments",
+        selection=["catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments",
                    "privacy_budget_ledger", "cohort_sizes"],
         partition_key=END.isoformat(), resources=resources, raise_on_error=False,
     )  # fmt: skip

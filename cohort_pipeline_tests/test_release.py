@@ -10,7 +10,13 @@ from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.ledger import Ledger
 from cohort_pipeline.privacy.measurements import REGISTRY, mechanisms
 from cohort_pipeline.privacy.release import release_cohort_metrics, release_cohort_sizes
-from cohort_pipeline_tests.conftest import RELEASE_DATE, check_results, run_release, write_policy
+from cohort_pipeline_tests.conftest import (
+    BOUNDED,
+    RELEASE_DATE,
+    check_results,
+    run_release,
+    write_policy,
+)
 
 CHARGED_ASSETS = sorted(s.asset for s in REGISTRY.values())  # one ledger row each
 
@@ -18,7 +24,7 @@ PREPARE_AND_RESERVE = [
     "catalog",
     "opt_outs",
     "raw_events",
-    "user_profiles",
+    *BOUNDED,
     "cohort_assignments",
     "privacy_budget_ledger",
 ]
@@ -119,7 +125,7 @@ def test_long_steps_log_their_progress_in_counts_only(small_dir):
     result = run_release(
         small_dir,
         instance=instance,
-        selection=["catalog", "opt_outs", "raw_events", "user_profiles"],
+        selection=["catalog", "opt_outs", "raw_events", *BOUNDED],
     )
     assert result.success
     logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
@@ -218,7 +224,7 @@ def test_a_redraw_is_explicit_charged_in_full_and_replaces_the_release(small_dir
 def test_a_policy_change_keeps_the_release_and_a_draw_under_it_is_refused(small_dir):
     """The date's reservation stays final under a changed policy file: stored draws come
     back without a policy match, but a draw that is still missing is refused."""
-    upstream = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    upstream = ["catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments"]
     assert run_release(
         small_dir, selection=[*upstream, "privacy_budget_ledger", "cohort_sizes"]
     ).success
@@ -356,7 +362,7 @@ def test_dp_asset_launched_alone_after_a_blocked_release_refuses(small_dir):
 def test_a_dp_asset_refuses_to_draw_more_than_its_reservation(small_dir, monkeypatch):
     """The spend is fixed when reserved: code whose noise would now cost more (here the
     metrics' rho doubled) finds the reservation and still refuses, drawing nothing."""
-    upstream = ["catalog", "opt_outs", "raw_events", "user_profiles", "cohort_assignments"]
+    upstream = ["catalog", "opt_outs", "raw_events", *BOUNDED, "cohort_assignments"]
     steps = [*upstream, "privacy_budget_ledger", "cohort_sizes"]
     assert run_release(small_dir, selection=steps).success
     spent = ledger_rows(small_dir)

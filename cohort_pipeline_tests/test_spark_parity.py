@@ -21,9 +21,9 @@ from cohort_pipeline.privacy.release import (
     release_cohort_sizes,
     release_item_popularity,
 )
-from cohort_pipeline_tests.conftest import RELEASE_DATE, make_data_dir, run_release
+from cohort_pipeline_tests.conftest import BOUNDED, RELEASE_DATE, make_data_dir, run_release
 
-BOUNDING = ["catalog", "opt_outs", "raw_events", "user_profiles"]
+BOUNDING = ["catalog", "opt_outs", "raw_events", *BOUNDED]
 TABLES = (
     "private.user_profiles",
     "private.cohort_totals",

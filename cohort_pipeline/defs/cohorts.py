@@ -71,8 +71,7 @@ def totals(measurement: str) -> AssetKey:
             for name in TOTALS
         ],
     ],
-    # The bounded tables are computed together: a selection of some still writes them all.
-    can_subset=True,
+    # The bounded tables are computed together: a run materializes all of them or none.
     **_OP,
 )
 def user_profiles(
@@ -95,13 +94,9 @@ def user_profiles(
                 replace_partition(con, table, release_date, sql)
                 schemas[table] = columns(con, table)
         drop_legacy(con)
-    selected = {key.to_user_string() for key in context.selected_asset_keys}
     for name in [table_name(USER_PROFILES), *TOTALS]:
         table = private_table(name)
-        if name in selected:
-            yield MaterializeResult(
-                asset_key=name, metadata=private_metadata(table, schemas[table])
-            )
+        yield MaterializeResult(asset_key=name, metadata=private_metadata(table, schemas[table]))
 
 
 @asset(

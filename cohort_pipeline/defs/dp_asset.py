@@ -129,7 +129,7 @@ def dp_asset(
             # a generator writes as it is read: read it while the lock is held
             results = [published] if isinstance(published, MaterializeResult) else list(published)
         selected = {key.to_user_string() for key in context.selected_asset_keys}
-        if frame is not None and draws_asset(measurement) in selected:
+        if drawn and draws_asset(measurement) in selected:  # written now, not read back
             yield MaterializeResult(
                 asset_key=draws_asset(measurement),
                 metadata={

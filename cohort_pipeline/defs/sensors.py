@@ -17,13 +17,18 @@ from dagster import (
 
 from cohort_pipeline.defs.common import DAILY
 from cohort_pipeline.defs.governance import privacy_scorecard
-from cohort_pipeline.defs.ranking import cohort_recommendations, ranking_weights
+from cohort_pipeline.defs.ranking import ranking_weights
+from cohort_pipeline.storage.warehouse import ITEM_POPULARITY, table_name
 
 ranking_refresh = define_asset_job(
     "ranking_refresh",
-    selection=AssetSelection.assets(ranking_weights, cohort_recommendations),
+    # item_popularity is rewritten with the recommendations (from the stored draw); the draw
+    # itself is read back, not written.
+    selection=AssetSelection.assets(
+        ranking_weights, "cohort_recommendations", table_name(ITEM_POPULARITY)
+    ),
     partitions_def=DAILY,
-    description="Recompute ranking weights and recommendations of one release date "
+    description="Recompute ranking weights, item popularity and recommendations of one release date "
     "(post-processing of its stored DP releases; the recommendations' reservation is reused, "
     "nothing is spent).",
 )
