@@ -65,7 +65,7 @@ def table_name(table: str) -> str:
 
 @contextmanager
 def connected(db) -> Iterator[duckdb.DuckDBPyConnection]:
-    if isinstance(db, duckdb.DuckDBPyConnection):
+    if hasattr(db, "execute"):  # a connection (or a wrapper of one)
         yield db
     else:
         with db.connect() as con:
