@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from cohort_pipeline_tests.conftest import RELEASE_DATE, write_policy
+from cohort_pipeline_tests.conftest import BOUNDED, RELEASE_DATE, write_policy
 
 BIN = Path(sys.executable).parent
 
@@ -258,7 +258,7 @@ def test_logs_from_1997_release_once_the_partitions_reach_back(tmp_path):
     )
     done = subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "cohort_pipeline.definitions",
-         "--select", "opt_outs,raw_events,user_profiles,cohort_assignments",
+         "--select", f"catalog,opt_outs,raw_events,{','.join(BOUNDED)},cohort_assignments",
          "--partition", "1997-11-28"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
