@@ -43,6 +43,7 @@ from cohort_pipeline.logic.experiments import (  # noqa: E402
 )
 from cohort_pipeline.policy import load_policy, parse_policy  # noqa: E402
 from cohort_pipeline.resources import WarehouseResource  # noqa: E402
+from cohort_pipeline.storage import warehouse  # noqa: E402
 from cohort_pipeline.tools.generate import generate  # noqa: E402
 
 EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -52,27 +53,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load(data: Path, ranked: str, release_date: str):
     wh = WarehouseResource(path=str(data / "warehouse.duckdb"))
-    at = [ranked]
     inputs = RankingInputs(
         *(
-            wh.read(f"SELECT * FROM private.{table} WHERE release_date = ?", at)
-            for table in ("cohort_totals", "cohort_category_totals", "item_totals")
+            warehouse.partition(wh, table, ranked)
+            for table in (
+                warehouse.COHORT_TOTALS,
+                warehouse.COHORT_CATEGORY_TOTALS,
+                warehouse.ITEM_TOTALS,
+            )
         ),
-        pd.read_csv(data / "catalog.csv", dtype=str),
+        warehouse.read_catalog(wh, ranked),
     )
     released = Ranking(
-        wh.read("SELECT * FROM release.cohort_sizes WHERE release_date = ?", at),
-        wh.read("SELECT * FROM release.cohort_recommendations WHERE release_date = ?", at),
-        wh.read("SELECT * FROM release.item_popularity WHERE release_date = ?", at),
+        *(
+            warehouse.partition(wh, table, ranked)
+            for table in (
+                warehouse.COHORT_SIZES,
+                warehouse.COHORT_RECOMMENDATIONS,
+                warehouse.ITEM_POPULARITY,
+            )
+        )
     )
-    events = wh.read(
-        "SELECT user_id, item_id, event_time FROM private.raw_events WHERE release_date = ?",
-        [release_date],
+    events = warehouse.partition(
+        wh, warehouse.RAW_EVENTS, release_date, "user_id, item_id, event_time"
     )
     relevant = relevant_items(events, date.fromisoformat(ranked), date.fromisoformat(release_date))
-    readouts = wh.read(
-        "SELECT * FROM release.experiment_results WHERE release_date = ?", [release_date]
-    )
+    readouts = warehouse.partition(wh, warehouse.EXPERIMENT_RESULTS, release_date)
     return inputs, released, relevant, readouts
 
 

@@ -50,6 +50,7 @@ from cohort_pipeline.storage.warehouse import (
 def catalog(
     context: AssetExecutionContext, pipeline: PipelineResource, warehouse: WarehouseResource
 ):
+    pipeline.policy()  # a first step too: a bad policy stops the release before anything is read
     with warehouse.connect() as con:
         store_catalog(con, context.partition_key, pipeline.catalog_path)
         items = read_catalog(con, context.partition_key)
