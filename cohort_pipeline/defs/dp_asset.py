@@ -5,7 +5,8 @@ A DP asset supplies two functions:
 - `draw(step)`: the noisy frame, computed from private totals; called at most once per
   reservation (its result is stored in `private.draws_<measurement>` before anything reads it);
 - `publish(step, frame, drawn_now)`: writes the release tables from the stored frame and
-  returns the MaterializeResult. It must be a deterministic function of the stored draw and
+  returns their MaterializeResult (or yields one per table, naming by asset_key those besides
+  its own). It must be a deterministic function of the stored draw and
   public inputs (policy, catalog, other release tables), so re-running it is harmless.
 """
 
@@ -90,7 +91,9 @@ def dp_asset(
         draws_asset(measurement),
         **{**spec_args, "tags": {"zone": PRIVATE}, "kinds": {"duckdb"}},
         deps=spec_kwargs.get("deps", ()),
-        skippable=True,  # nothing to release: nothing stored
+        # requested with the release asset, so automation's runs record the draws they store
+        automation_condition=spec_kwargs.get("automation_condition"),
+        skippable=True,  # recorded when drawn now; nothing new when read back or not drawn
         description=f"The noisy draws of measurement {measurement}, stored in "
         f"{draws_table(measurement)} keyed by reservation_id before anything reads them "
         f"(written once per reservation by {name}).",
@@ -100,7 +103,9 @@ def dp_asset(
         name=name,
         specs=[AssetSpec(name, **spec_args, **spec_kwargs), draws, *also],
         check_specs=list(check_specs),
-        can_subset=True,  # a selection of the release asset alone still draws and stores
+        # A run of the release asset alone (a retry, a refresh) still stores a draw it makes:
+        # the protocol does not depend on what is selected.
+        can_subset=True,
         **op_args,
     )
     def _dp_asset(
