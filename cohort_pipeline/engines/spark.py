@@ -15,17 +15,14 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
 
-import duckdb
 import sqlglot
 from dagster_pyspark import PySparkResource
 from dagster_pyspark.resources import spark_session_from_config
 from sqlglot import exp
 
-from cohort_pipeline.engines import BoundingEngine, Progress
-from cohort_pipeline.policy import Policy
+from cohort_pipeline.engines import BoundingEngine
 from cohort_pipeline.privacy.bounding import bounded_totals, working
 from cohort_pipeline.storage.warehouse import private_table
 
@@ -98,13 +95,7 @@ class SparkEngine(BoundingEngine):
 
     @contextmanager
     def bounded_tables(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        policy: Policy,
-        day: date,
-        events: str,
-        catalog: str,
-        progress: Progress | None = None,
+        self, con, policy, day, events, catalog, progress=None
     ) -> Iterator[list[tuple[str, str]]]:
         # The staged Parquet is removed when the block ends, once the warehouse has loaded it.
         stage = Path(self.stage_dir) / f"bounding-{uuid.uuid4().hex}"

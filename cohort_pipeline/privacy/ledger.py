@@ -76,15 +76,11 @@ COLUMNS = (
     "row_hash",
 )
 _FLOATS = ("epsilon", "delta", "rho", "sensitivity", "noise_scale")
-_STRINGS = (
-    "asset",
-    "mechanism",
-    "policy_hash",
-    "reservation_id",
-    "kind",
-    "reason",
-    "run_id",
-    "accountant",
+# Hashed as text: every other column but the chain's own (seq, date, time, hashes).
+_STRINGS = tuple(
+    c
+    for c in COLUMNS
+    if c not in (*_FLOATS, "seq", "release_date", "recorded_at", "prev_hash", "row_hash")
 )
 KINDS = ("release", "redraw")
 

@@ -272,8 +272,22 @@ def verdict(results: list[CalibrationResult]) -> list[str]:
     ]
 
 
+def closing_columns(r) -> dict:
+    """The columns every audit table ends with: the ρ claim, its bound and the verdict."""
+    return {
+        "claimed ρ": r.claimed_rho,
+        "ρ lower bound": r.rho_lower_bound,
+        "passed": r.passed,
+        "seconds": round(r.seconds, 1),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+
+
 def results_table(results: list[CalibrationResult]) -> str:
-    frame = pd.DataFrame(
+    return markdown_table(
         [
             {
                 "mechanism": r.mechanism,
@@ -282,15 +296,11 @@ def results_table(results: list[CalibrationResult]) -> str:
                 "claimed ε": r.claimed_epsilon,
                 "ε lower bound": r.epsilon_lower_bound,
                 "δ": r.delta,
-                "claimed ρ": r.claimed_rho,
-                "ρ lower bound": r.rho_lower_bound,
-                "passed": r.passed,
-                "seconds": round(r.seconds, 1),
+                **closing_columns(r),
             }
             for r in results
         ]
     )
-    return frame.to_markdown(index=False, floatfmt=".4g")
 
 
 def results_json(results: list[CalibrationResult]) -> list[dict]:

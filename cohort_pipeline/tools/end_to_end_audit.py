@@ -69,7 +69,7 @@ from cohort_pipeline.privacy import guard, measurements
 from cohort_pipeline.privacy.bounding import window
 from cohort_pipeline.privacy.mechanisms import Mechanism
 from cohort_pipeline.settings import DataFolder, Settings
-from cohort_pipeline.tools.calibration import ALPHA, lower_bounds
+from cohort_pipeline.tools.calibration import ALPHA, closing_columns, lower_bounds, markdown_table
 from cohort_pipeline.tools.generate import generate
 
 RELEASE_DATE = date(2026, 11, 28)  # any date: the base population is generated to end on it
@@ -590,7 +590,7 @@ def results_table(results: list[ArmResult]) -> str:
     def ratio(claim: float, bound: float) -> float:
         return claim / bound if bound > 0 else math.inf
 
-    frame = pd.DataFrame(
+    return markdown_table(
         [
             {
                 "measurement": r.measurement,
@@ -604,15 +604,11 @@ def results_table(results: list[ArmResult]) -> str:
                 "ε lower bound": r.epsilon_lower_bound,
                 "claim ÷ bound": ratio(r.claimed_epsilon, r.epsilon_lower_bound),
                 "PLD ÷ bound": ratio(r.pld_epsilon, r.epsilon_lower_bound),
-                "claimed ρ": r.claimed_rho,
-                "ρ lower bound": r.rho_lower_bound,
-                "passed": r.passed,
-                "seconds": round(r.seconds, 1),
+                **closing_columns(r),
             }
             for r in results
         ]
     )
-    return frame.to_markdown(index=False, floatfmt=".4g")
 
 
 def main(argv: list[str] | None = None) -> int:
