@@ -4,18 +4,8 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, asset
 
+from cohort_pipeline.defs import common
 from cohort_pipeline.defs.cohorts import PROFILES, totals
-from cohort_pipeline.defs.common import (
-    AFTER_BLOCKING_CHECKS,
-    RELEASE,
-    Group,
-    Owner,
-    asset_args,
-    private_totals,
-    release_rows,
-    table_preview,
-    write_release,
-)
 from cohort_pipeline.defs.dp_asset import Step, dp_asset
 from cohort_pipeline.defs.ingest import catalog
 from cohort_pipeline.defs.tables import noisy_metadata, release_table_metadata
@@ -36,8 +26,10 @@ from cohort_pipeline.storage.warehouse import (
 )
 
 DP_ASSET = dict(
-    args=asset_args(Group.METRICS, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
-    automation_condition=AFTER_BLOCKING_CHECKS,
+    args=common.asset_args(
+        common.Group.METRICS, common.Owner.PRIVACY, common.RELEASE, {"duckdb", "opendp"}
+    ),
+    automation_condition=common.AFTER_BLOCKING_CHECKS,
 )
 
 
@@ -59,7 +51,7 @@ def released_plan(step: Step) -> pd.DataFrame:
 
 
 def _draw_metrics(step: Step) -> pd.DataFrame:
-    sums = private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
+    sums = common.private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
     mechs = mechanisms(step.policy)
     return release_cohort_metrics(
         sums, released_plan(step), step.policy, mechs["cohort_metrics"], mechs["cohort_sizes"]
@@ -67,7 +59,7 @@ def _draw_metrics(step: Step) -> pd.DataFrame:
 
 
 def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    stored = write_release(step.warehouse, COHORT_METRICS, step.admission, metrics)
+    stored = common.write_release(step.warehouse, COHORT_METRICS, step.admission, metrics)
     meta = {
         **release_table_metadata(COHORT_METRICS, stored),
         "drawn_now": drawn,
@@ -89,7 +81,7 @@ def _publish_metrics(step: Step, metrics: pd.DataFrame, drawn: bool) -> Material
         "conversion_rate_accuracy_95",
         "sessions_per_user",
     ]
-    meta["cohort_metrics"] = table_preview(metrics[cols])
+    meta["cohort_metrics"] = common.table_preview(metrics[cols])
     return MaterializeResult(metadata=meta)
 
 
@@ -107,7 +99,7 @@ cohort_metrics = dp_asset(
 
 
 def _draw_affinity(step: Step) -> pd.DataFrame:
-    sums = private_totals(step.warehouse, COHORT_CATEGORY_TOTALS, step.release_date)
+    sums = common.private_totals(step.warehouse, COHORT_CATEGORY_TOTALS, step.release_date)
     items = read_catalog(step.warehouse, step.release_date)
     categories = sorted(items["category"].dropna().unique())
     mech = mechanisms(step.policy)["cohort_category_affinity"]
@@ -115,7 +107,9 @@ def _draw_affinity(step: Step) -> pd.DataFrame:
 
 
 def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> MaterializeResult:
-    stored = write_release(step.warehouse, COHORT_CATEGORY_AFFINITY, step.admission, affinity)
+    stored = common.write_release(
+        step.warehouse, COHORT_CATEGORY_AFFINITY, step.admission, affinity
+    )
     top = affinity.sort_values(["share", "cohort_key", "category"], ascending=False)
     top = top.groupby("cohort_key").head(3)
     return MaterializeResult(
@@ -125,7 +119,7 @@ def _publish_affinity(step: Step, affinity: pd.DataFrame, drawn: bool) -> Materi
             "noise_scale": float(affinity["noise_scale"].iloc[0]),
             "median_affinity_accuracy_95": float(affinity["accuracy_95"].median()),
             "categories": int(affinity["category"].nunique()),
-            "top_categories": table_preview(
+            "top_categories": common.table_preview(
                 top[["cohort_key", "category", "share", "accuracy_95"]]
             ),
         }
@@ -163,13 +157,15 @@ def cosine_similarity(affinity: pd.DataFrame) -> pd.DataFrame:
 
 
 @asset(
-    **asset_args(Group.METRICS, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
+    **common.asset_args(
+        common.Group.METRICS, common.Owner.RANKING, common.RELEASE, {"duckdb", "pandas"}
+    ),
     deps=["cohort_category_affinity"],
     description="Cosine similarity between cohorts' DP category profiles (post-processing, no budget). "
     f"Table {COHORT_SIMILARITY}.",
 )
 def cohort_similarity(context: AssetExecutionContext, warehouse: WarehouseResource):
-    affinity = release_rows(warehouse, COHORT_CATEGORY_AFFINITY, context.partition_key)
+    affinity = common.release_rows(warehouse, COHORT_CATEGORY_AFFINITY, context.partition_key)
     sim = cosine_similarity(affinity)
     with warehouse.connect() as con:
         replace_partition(con, COHORT_SIMILARITY, context.partition_key, sim)

@@ -12,17 +12,8 @@ from dagster import (
     asset,
 )
 
+from cohort_pipeline.defs import common
 from cohort_pipeline.defs.cohorts import PROFILES, cohort_assignments, totals
-from cohort_pipeline.defs.common import (
-    AFTER_BLOCKING_CHECKS,
-    RELEASE,
-    Group,
-    Owner,
-    asset_args,
-    private_totals,
-    table_preview,
-    write_release,
-)
 from cohort_pipeline.defs.dp_asset import Step, dp_asset
 from cohort_pipeline.defs.tables import (
     constants_metadata,
@@ -67,7 +58,9 @@ def redraw_reason(context) -> str | None:
 
 
 @asset(
-    **asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb"}, pool="ledger"),
+    **common.asset_args(
+        common.Group.PRIVACY, common.Owner.PRIVACY, common.RELEASE, {"duckdb"}, pool="ledger"
+    ),
     deps=[cohort_assignments],
     check_specs=[
         AssetCheckSpec(
@@ -180,7 +173,7 @@ def privacy_budget_ledger(
             "reservation_id": "" if reservation is None else reservation.reservation_id,
             "kind": "" if reservation is None else reservation.kind,
             "redraw_reason": redraw or "",
-            "measurements": table_preview(plan, 6),
+            "measurements": common.table_preview(plan, 6),
         },
         check_results=[
             AssetCheckResult(
@@ -209,7 +202,7 @@ def privacy_budget_ledger(
 
 
 def _draw_sizes(step: Step) -> pd.DataFrame:
-    sums = private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
+    sums = common.private_totals(step.warehouse, COHORT_TOTALS, step.release_date)
     return release_cohort_sizes(sums, step.policy, mechanisms(step.policy)["cohort_sizes"])
 
 
@@ -220,7 +213,7 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
     smallest = float(sizes["noisy_users"].min())
     passed = smallest >= policy.min_size
     if passed:  # the checked table is stored before its check runs: store only what passes
-        stored = write_release(step.warehouse, COHORT_SIZES, step.admission, sizes)
+        stored = common.write_release(step.warehouse, COHORT_SIZES, step.admission, sizes)
     check = AssetCheckResult(
         check_name=MIN_SIZE_CHECK,
         passed=passed,
@@ -259,7 +252,7 @@ def _publish_sizes(step: Step, sizes: pd.DataFrame, drawn: bool) -> MaterializeR
                     f"noisy_users:{row.cohort_key}", row.noisy_users, row.accuracy_95
                 ).items()
             },
-            "cohort_sizes": table_preview(
+            "cohort_sizes": common.table_preview(
                 sizes[["cohort_key", "members", "noisy_users", "accuracy_95"]], 1
             ),
         },
@@ -272,8 +265,10 @@ cohort_sizes = dp_asset(
     measurement="cohort_sizes",
     draw=_draw_sizes,
     publish=_publish_sizes,
-    args=asset_args(Group.PRIVACY, Owner.PRIVACY, RELEASE, {"duckdb", "opendp"}),
-    automation_condition=AFTER_BLOCKING_CHECKS,
+    args=common.asset_args(
+        common.Group.PRIVACY, common.Owner.PRIVACY, common.RELEASE, {"duckdb", "opendp"}
+    ),
+    automation_condition=common.AFTER_BLOCKING_CHECKS,
     deps=[privacy_budget_ledger, cohort_assignments, PROFILES, totals("cohort_sizes")],
     check_specs=[
         AssetCheckSpec(

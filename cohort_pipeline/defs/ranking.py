@@ -13,19 +13,8 @@ from dagster import (
     asset,
 )
 
+from cohort_pipeline.defs import common
 from cohort_pipeline.defs.cohorts import totals
-from cohort_pipeline.defs.common import (
-    AFTER_BLOCKING_CHECKS,
-    RELEASE,
-    Group,
-    Owner,
-    asset_args,
-    private_totals,
-    release_rows,
-    split_args,
-    table_preview,
-    write_release,
-)
 from cohort_pipeline.defs.dp_asset import Step, dp_asset
 from cohort_pipeline.defs.ingest import catalog
 from cohort_pipeline.defs.tables import constants_metadata, release_table_metadata
@@ -58,8 +47,10 @@ FLOOR_CHECK = "fairness_floor_met"
 
 
 @asset(
-    **asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "pandas"}),
-    automation_condition=AFTER_BLOCKING_CHECKS,
+    **common.asset_args(
+        common.Group.RANKING, common.Owner.RANKING, common.RELEASE, {"duckdb", "pandas"}
+    ),
+    automation_condition=common.AFTER_BLOCKING_CHECKS,
     deps=["cohort_category_affinity", "cohort_sizes"],
     check_specs=[
         AssetCheckSpec(
@@ -84,8 +75,8 @@ def ranking_weights(
 ):
     policy = pipeline.policy()
     release_date = context.partition_key
-    affinity = release_rows(warehouse, COHORT_CATEGORY_AFFINITY, release_date)
-    sizes = release_rows(warehouse, COHORT_SIZES, release_date)
+    affinity = common.release_rows(warehouse, COHORT_CATEGORY_AFFINITY, release_date)
+    sizes = common.release_rows(warehouse, COHORT_SIZES, release_date)
     previous = previous_partition(warehouse, RANKING_WEIGHTS, release_date)
     weights = compute_weights(affinity, sizes, None if previous.empty else previous, policy)
     change, floor = max_weight_change(weights), float(weights["weight"].min())
@@ -107,35 +98,33 @@ def ranking_weights(
             if not previous.empty
             else "none",
             "mean_shrinkage": float(weights.groupby("cohort_key")["shrinkage"].first().mean()),
-            "top_boosts": table_preview(weights.sort_values("boost", ascending=False).head(10)),
+            "top_boosts": common.table_preview(
+                weights.sort_values("boost", ascending=False).head(10)
+            ),
         },
         check_results=[
+            # Each check: its verdict, the figure it judged and the policy constant it used.
             AssetCheckResult(
-                check_name=CHANGE_CHECK,
-                passed=change_ok,
+                check_name=name,
+                passed=ok,
                 severity=AssetCheckSeverity.ERROR,
-                metadata={
-                    "release_date": release_date,
-                    "max_weight_change": change,
-                    **constants_metadata(limit=policy.max_change),
-                },
-            ),
-            AssetCheckResult(
-                check_name=FLOOR_CHECK,
-                passed=floor_ok,
-                severity=AssetCheckSeverity.ERROR,
-                metadata={
-                    "release_date": release_date,
-                    "min_weight": floor,
-                    **constants_metadata(floor=policy.fairness_floor),
-                },
-            ),
+                metadata={"release_date": release_date, **figure, **constants_metadata(**limit)},
+            )
+            for name, ok, figure, limit in (
+                (
+                    CHANGE_CHECK,
+                    change_ok,
+                    {"max_weight_change": change},
+                    {"limit": policy.max_change},
+                ),
+                (FLOOR_CHECK, floor_ok, {"min_weight": floor}, {"floor": policy.fairness_floor}),
+            )
         ],
     )
 
 
 def _draw_popularity(step: Step) -> pd.DataFrame:
-    items = private_totals(step.warehouse, ITEM_TOTALS, step.release_date)
+    items = common.private_totals(step.warehouse, ITEM_TOTALS, step.release_date)
     mech = mechanisms(step.policy)["item_popularity"]
     return release_item_popularity(items, _catalog(step), step.policy, mech)
 
@@ -148,10 +137,10 @@ def _catalog(step: Step) -> pd.DataFrame:
 def _publish_recommendations(step: Step, popularity: pd.DataFrame, drawn: bool):
     # Both tables are post-processing of the stored popularity draw: writing them again on a
     # retry (after a failure between them) releases nothing new.
-    stored = write_release(step.warehouse, ITEM_POPULARITY, step.admission, popularity)
-    weights = release_rows(step.warehouse, RANKING_WEIGHTS, step.release_date)
+    stored = common.write_release(step.warehouse, ITEM_POPULARITY, step.admission, popularity)
+    weights = common.release_rows(step.warehouse, RANKING_WEIGHTS, step.release_date)
     recs = recommendations(weights, popularity, step.policy.top_n)
-    recs = write_release(step.warehouse, COHORT_RECOMMENDATIONS, step.admission, recs)
+    recs = common.write_release(step.warehouse, COHORT_RECOMMENDATIONS, step.admission, recs)
     path = step.pipeline.exports_dir(step.release_date) / "cohort_recommendations.csv"
     recs[["cohort_key", "rank", "item_id", "category", "score"]].to_csv(path, index=False)
     yield MaterializeResult(
@@ -165,7 +154,7 @@ def _publish_recommendations(step: Step, popularity: pd.DataFrame, drawn: bool):
             "export": MetadataValue.path(str(path)),
             "cohorts": int(recs["cohort_key"].nunique()),
             "distinct_items": int(recs["item_id"].nunique()),
-            "top_items": table_preview(
+            "top_items": common.table_preview(
                 recs[recs["rank"] <= 3][["cohort_key", "rank", "item_id", "category", "score"]]
             ),
         }
@@ -177,19 +166,23 @@ cohort_recommendations = dp_asset(
     measurement="item_popularity",
     draw=_draw_popularity,
     publish=_publish_recommendations,
-    args=asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp", "csv"}),
+    args=common.asset_args(
+        common.Group.RANKING, common.Owner.RANKING, common.RELEASE, {"duckdb", "opendp", "csv"}
+    ),
     also=(
         AssetSpec(
             table_name(ITEM_POPULARITY),
-            **split_args(asset_args(Group.RANKING, Owner.RANKING, RELEASE, {"duckdb", "opendp"}))[
-                0
-            ],
+            **common.split_args(
+                common.asset_args(
+                    common.Group.RANKING, common.Owner.RANKING, common.RELEASE, {"duckdb", "opendp"}
+                )
+            )[0],
             deps=[totals("item_popularity"), catalog],
             description=f"DP global item popularity (Gaussian), table {ITEM_POPULARITY}: "
             "post-processing of the stored draw, written with cohort_recommendations.",
         ),
     ),
-    automation_condition=AFTER_BLOCKING_CHECKS,
+    automation_condition=common.AFTER_BLOCKING_CHECKS,
     deps=[ranking_weights, totals("item_popularity"), catalog],
     description="Top-N items per cohort: cohort category weights x DP global item popularity (Gaussian). "
     f"The popularity draw is stored first in {draws_table('item_popularity')}, keyed by reservation_id; "
