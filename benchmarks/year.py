@@ -77,7 +77,7 @@ EVAL_DAYS = 7
 MAX_AGE = 7  # the oldest ranking served: a weekly release is up to 6 days old
 RANKING = ("cohort_sizes", "cohort_category_affinity", "item_popularity")
 TARGET_EPSILON = 4.0
-TARGETS = (2.0, 4.0, 8.0)  # yearly epsilons each approach is measured at
+TARGETS = (0.5, 1.0, 2.0, 4.0)  # yearly epsilons each approach is measured at
 SEED = 7
 
 
@@ -465,35 +465,32 @@ def main(argv=None) -> None:
 
 
 def table(frame: pd.DataFrame, sizes: list[int]) -> str:
-    wide = frame.pivot_table(
-        index=["approach", "parameters", "epsilon_per_release", "yearly_epsilon"],
-        columns="users",
-        values=["ratio", "ratio_sd", "uplift"],
-        dropna=False,
-    ).reset_index()
-    order = {a.name: i for i, a in enumerate(APPROACHES)}
-    order.update({f"no noise, {b}-day sums": len(order) + b for b in (1, 7)})
-    wide = wide.sort_values(
-        by=["approach", "yearly_epsilon"], key=lambda s: s.map(order) if s.name == "approach" else s
-    )
+    """One row per approach and point, one pair of columns per population size."""
+    order = [a.name for a in APPROACHES] + [f"no noise, {b}-day sums" for b in (1, 7)]
     head = "| approach | parameters | ε per release | yearly ε |"
     head += "".join(f" NDCG ratio {n // 1000}k | vs popularity {n // 1000}k |" for n in sizes)
     lines = [head, "|---" * (4 + 2 * len(sizes)) + "|"]
-    for _, row in wide.iterrows():
+    points = frame.drop_duplicates(["approach", "epsilon_per_release"])
+    points = points.assign(rank=points["approach"].map(order.index))
+    for point in points.sort_values(["rank", "yearly_epsilon"]).itertuples():
         cells = [
-            row[("approach", "")],
-            row[("parameters", "")],
+            point.approach,
+            point.parameters,
             *(
-                f"{row[(col, '')]:.3f}" if math.isfinite(row[(col, "")]) else "∞ (no noise)"
-                for col in ("epsilon_per_release", "yearly_epsilon")
+                f"{v:.3f}" if math.isfinite(v) else "∞ (no noise)"
+                for v in (point.epsilon_per_release, point.yearly_epsilon)
             ),
         ]
         for n in sizes:
-            ratio, sd, uplift = (
-                row.get((col, n), math.nan) for col in ("ratio", "ratio_sd", "uplift")
+            at = frame[
+                (frame["approach"] == point.approach)
+                & (frame["epsilon_per_release"] == point.epsilon_per_release)
+                & (frame["users"] == n)
+            ].iloc[0]
+            cells.append(
+                f"{at.ratio:.3f} ± {at.ratio_sd:.3f}" if at.ratio_sd > 0 else f"{at.ratio:.3f}"
             )
-            cells.append(f"{ratio:.3f} ± {sd:.3f}" if sd > 0 else f"{ratio:.3f}")
-            cells.append(f"{uplift:+.1%}" if math.isfinite(uplift) else "—")
+            cells.append(f"{at.uplift:+.1%}" if math.isfinite(at.uplift) else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -509,12 +506,13 @@ def write_outputs(frame: pd.DataFrame, out: Path, sizes: list[int]) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     for ax, n in zip(axes[0], sizes, strict=True):
         part = frame[frame["users"] == n]
-        for a in APPROACHES:
+        for i, a in enumerate(APPROACHES):
             line = part[part["approach"] == a.name].sort_values("yearly_epsilon")
             line = line[np.isfinite(line["yearly_epsilon"])]
             ax.errorbar(
-                line["yearly_epsilon"], line["ratio"], yerr=line["ratio_sd"], marker="o",
-                markersize=3, capsize=2, label=a.name,
+                line["yearly_epsilon"], line["ratio"], yerr=line["ratio_sd"],
+                marker="osD^v<>pP*Xh"[i % 12], markersize=4, capsize=2, label=a.name,
+                color=plt.cm.tab20(i / len(APPROACHES)), linestyle="-" if i % 2 else "--",
             )  # fmt: skip
         floor = 0.95 if n >= 200_000 else 0.90
         ax.axvline(TARGET_EPSILON, color="grey", linestyle="--", linewidth=1)
