@@ -232,3 +232,15 @@ def test_every_days_sets_release_days_and_the_yearly_projection(tmp_path):
     assert yearly_releases(weekly) == 56  # (365 + 28 - 1) / 7 release dates read a year
     assert yearly_spend(weekly) == release_spend(weekly, 56)
     assert yearly_spend(weekly)[0] < yearly_spend(load_policy(POLICY))[0] / 2
+
+
+def test_the_notice_states_the_yearly_figure_of_the_cadence(tmp_path):
+    from cohort_pipeline.logic.reports import notice_markdown
+
+    weekly = load_policy(_write(tmp_path, {"release.every_days": 7}))
+    text = notice_markdown(weekly)
+    assert (
+        f"epsilon = {yearly_spend(weekly)[0]:.3g} (at delta = 1e-06) if we release every 7 days"
+        in text
+    )
+    assert "if we release every day." in notice_markdown(load_policy(POLICY))
