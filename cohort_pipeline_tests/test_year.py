@@ -82,3 +82,23 @@ def test_vectorised_ndcg_is_the_experiments_metric():
         {"user_id": [f"u{u}" for u in pairs["u"]], "item_id": [items[i] for i in pairs["i"]]}
     )
     assert ours == pytest.approx(arm_metrics(relevant, served, lists)["ndcg_at_10"].mean())
+
+
+def test_the_benchmark_runs_on_a_small_sample(tmp_path):
+    """Generator events bounded by the pipeline's SQL, then a window and a block approach."""
+    from benchmarks.year import load_sample, measure, reference
+
+    policy = load_policy(POLICY)
+    sample = load_sample(3_000, policy, tmp_path, lambda _: None)
+    window = sample.window[0]
+    assert set(window.users) <= set(np.flatnonzero(sample.key_of[0] >= 0))
+    # a user's category vector has L2 norm 1 in a window and in each block alike
+    for rows in (window, sample.blocks[7, 0], sample.blocks[1, 0]):
+        u, _, value = rows.cat
+        norms = np.sqrt(np.bincount(u, weights=value**2))
+        assert np.allclose(norms[np.unique(u)], policy.category_l2_norm)
+    exact = reference(sample, policy)
+    assert 0 < exact <= 1
+    for approach in (Approach("daily"), Approach("weekly sums", block=7, rate=0.5)):
+        m = measure(sample, policy, approach, 1.0, repeats=1)
+        assert 0 < m["ndcg"] <= 1 and 0 < m["popularity"] <= 1
