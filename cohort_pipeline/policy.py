@@ -97,6 +97,14 @@ class Policy:
     max_change: float
     fairness_floor: float
     top_n: int
+    # release.every_days (optional, default 1): a release is drawn every this many days
+    # from partitions_start; benchmarks/year.py measures the cadence (docs/year.md).
+    every_days: int = 1
+
+    def is_release_day(self, day: date) -> bool:
+        """True when `day` is a release date under `release.every_days` (counted from
+        partitions_start; every day at the default of 1)."""
+        return (day - self.partitions_start).days % self.every_days == 0
 
     def cohort_keys(self) -> list[str]:
         """The public key set: every combination of bands, known before any data is read."""
@@ -170,7 +178,7 @@ def _names(labels, dotted):
 
 
 _KNOWN = {
-    "release": {"partitions_start", "lookback_days", "outcome_days"},
+    "release": {"partitions_start", "lookback_days", "outcome_days", "every_days"},
     "cohorts": {"dimensions", "coarsening_order", "min_size"},
     "bounds": {
         "max_sessions",
@@ -300,6 +308,12 @@ def parse_policy(raw: dict, path: str = "<memory>", partitions_start: date | Non
             ) from exc
     lookback = _number(raw, "release.lookback_days", lo=2, hi=366, integer=True)
     outcome = _number(raw, "release.outcome_days", lo=1, integer=True)
+    # At most one window apart, so that every day of events is read by some release.
+    every = (
+        _number(raw, "release.every_days", lo=1, hi=lookback, integer=True)
+        if "every_days" in raw.get("release", {})
+        else 1
+    )
     if outcome >= lookback:
         raise PolicyError(
             f"policy key `release.outcome_days` ({outcome}) must be below"
@@ -400,6 +414,7 @@ def parse_policy(raw: dict, path: str = "<memory>", partitions_start: date | Non
         max_change=_number(raw, "ranking.max_change", lo=0, lo_open=True, hi=1),
         fairness_floor=_number(raw, "ranking.fairness_floor", lo=0, hi=1),
         top_n=_number(raw, "ranking.top_n", lo=1, integer=True),
+        every_days=every,
     )
 
 

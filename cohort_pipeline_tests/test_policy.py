@@ -16,7 +16,12 @@ import yaml
 
 from cohort_pipeline.policy import PolicyError, load_policy
 from cohort_pipeline.privacy.ledger import Ledger
-from cohort_pipeline.privacy.measurements import budget_problem
+from cohort_pipeline.privacy.measurements import (
+    budget_problem,
+    release_spend,
+    yearly_releases,
+    yearly_spend,
+)
 from cohort_pipeline_tests.conftest import (
     END,
     POLICY,
@@ -102,6 +107,9 @@ BAD = [
     ({"bounds.session_duration_s": [100, 10]}, "bounds.session_duration_s"),
     ({"bounds.category_l2_norm": 0}, "bounds.category_l2_norm"),
     ({"release.outcome_days": 28}, "release.outcome_days"),
+    ({"release.every_days": 0}, "release.every_days"),
+    ({"release.every_days": 29}, "release.every_days"),  # beyond one window
+    ({"release.every_days": 1.5}, "release.every_days"),
 ]
 
 
@@ -207,3 +215,32 @@ def test_changing_the_policy_mid_window_keeps_past_spend_counted(budget_data):
     assert check_results(second)["budget_within_limit"] is False
     rows = Ledger(budget_data / "ledger.duckdb").rows()
     assert {d.isoformat() for d in rows["release_date"].dt.date} == {RELEASE_DATE}
+
+
+def test_every_days_defaults_to_daily_and_keeps_the_hash(tmp_path):
+    default = load_policy(POLICY)
+    assert default.every_days == 1
+    assert all(default.is_release_day(default.partitions_start + timedelta(days=n))
+               for n in range(10))  # fmt: skip
+    assert load_policy(_write(tmp_path, {})).hash == default.hash
+
+
+def test_every_days_sets_release_days_and_the_yearly_projection(tmp_path):
+    weekly = load_policy(_write(tmp_path, {"release.every_days": 7}))
+    start = weekly.partitions_start
+    assert [n for n in range(15) if weekly.is_release_day(start + timedelta(days=n))] == [0, 7, 14]
+    assert yearly_releases(weekly) == 56  # (365 + 28 - 1) / 7 release dates read a year
+    assert yearly_spend(weekly) == release_spend(weekly, 56)
+    assert yearly_spend(weekly)[0] < yearly_spend(load_policy(POLICY))[0] / 2
+
+
+def test_the_notice_states_the_yearly_figure_of_the_cadence(tmp_path):
+    from cohort_pipeline.logic.reports import notice_markdown
+
+    weekly = load_policy(_write(tmp_path, {"release.every_days": 7}))
+    text = notice_markdown(weekly)
+    assert (
+        f"epsilon = {yearly_spend(weekly)[0]:.3g} (at delta = 1e-06) if we release every 7 days"
+        in text
+    )
+    assert "if we release every day." in notice_markdown(load_policy(POLICY))

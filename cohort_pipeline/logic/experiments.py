@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
@@ -425,13 +426,18 @@ class Ranking:
     popularity: pd.DataFrame  # item_id, category, noisy_popularity, category_share
 
 
-def replay_ranking(inputs: RankingInputs, policy: Policy, noise: bool = True) -> Ranking:
+def replay_ranking(
+    inputs: RankingInputs, policy: Policy, noise: bool = True, mechs: Mapping | None = None
+) -> Ranking:
     """The release's cohort method (sizes, affinity, weights without a previous release,
-    popularity, top-N) at `policy`'s budget, or on exact values with noise=False.
+    popularity, top-N) at `policy`'s budget, or on exact values with noise=False, or with
+    `mechs` in place of the policy's mechanisms (benchmarks/year.py: noise summed over
+    several releases).
 
     Tests and benchmarks only: it draws noise without the ledger, so nothing it returns
     may be stored as a release."""
-    mechs = mechanisms(policy) if noise else defaultdict(_NoNoise)
+    if mechs is None:
+        mechs = mechanisms(policy) if noise else defaultdict(_NoNoise)
     plan = release_cohort_sizes(inputs.cohort_totals, policy, mechs["cohort_sizes"])
     categories = sorted(inputs.catalog["category"].unique())
     affinity = release_cohort_affinity(

@@ -68,11 +68,16 @@ def burn_down(rows: pd.DataFrame, cap: BudgetCap, as_of: date | str) -> pd.DataF
     )
 
 
+def _cadence(policy: Policy) -> str:
+    """How often the policy releases (`release.every_days`), in words."""
+    return "every day" if policy.every_days == 1 else f"every {policy.every_days} days"
+
+
 def horizon_words(summary: dict) -> list[str]:
     """The per-user guarantee in plain words, from budget_summary()."""
     return [
         f"someone active every day for a year: ε = {summary['yearly_epsilon']:.4g} at"
-        f" δ = {summary['yearly_delta']:.3g} (if this policy releases daily;"
+        f" δ = {summary['yearly_delta']:.3g} (if this policy releases on its schedule;"
         f" {summary['accountant']})",
         f"someone active every day of the worst {summary['horizon_days']}-day horizon"
         f" containing {summary['as_of']}, as recorded: ε = {summary['horizon_epsilon']:.4g} of"
@@ -366,7 +371,7 @@ def notice_sections(policy: Policy) -> list[tuple[str, list[str]]]:
                 "Releases add up, and each day you are active counts in the releases of the "
                 f"{policy.lookback_days} days that follow. Someone active every day for a year: "
                 f"epsilon = {yearly_epsilon:.3g} (at delta = {yearly_delta:.3g}) if we release "
-                f"every day. For anyone active on any days of any {policy.horizon_days} days the "
+                f"{_cadence(policy)}. For anyone active on any days of any {policy.horizon_days} days the "
                 f"total stays at or below epsilon = {policy.epsilon_horizon_cap:g}, and across "
                 f"all releases in any {policy.window_days} days at or below epsilon = "
                 f"{policy.epsilon_cap:g}; a release that would exceed either is not made."

@@ -240,11 +240,17 @@ def release_spend(policy: Policy, releases: int = 1) -> tuple[float, float]:
     return compose(charges, policy.composition, policy.delta)
 
 
+def yearly_releases(policy: Policy) -> int:
+    """The releases that read a year of a user's daily activity: every release whose window
+    overlaps it, i.e. the release dates among YEAR_DAYS + lookback_days - 1 consecutive days,
+    one in `release.every_days` (rounded up: the worst alignment)."""
+    return math.ceil((YEAR_DAYS + policy.lookback_days - 1) / policy.every_days)
+
+
 def yearly_spend(policy: Policy) -> tuple[float, float]:
     """Projected before any spend: the loss of a user active every day of a year if this
-    policy releases daily. Each active day is in `lookback_days` releases, so that user is in
-    YEAR_DAYS + lookback_days - 1 of them."""
-    return release_spend(policy, YEAR_DAYS + policy.lookback_days - 1)
+    policy releases on its schedule (`release.every_days`)."""
+    return release_spend(policy, yearly_releases(policy))
 
 
 def budget_summary(ledger: Ledger, policy: Policy, as_of=None) -> dict:

@@ -118,7 +118,7 @@ def cmd_ledger_show(args) -> int:
         f"someone active every day of the {s['horizon_days']} days around {s['as_of']}: epsilon "
         f"{s['horizon_epsilon']:.4f} of cap {s['epsilon_horizon_cap']:g} (remaining {s['horizon_remaining']:.4f})\n"
         f"someone active every day for a year: ε = {s['yearly_epsilon']:.4g} at δ = {s['yearly_delta']:.3g}"
-        " (if this policy releases daily)"
+        " (if this policy releases on its schedule)"
     )  # fmt: skip
     rows = ledger.rows()
     if rows.empty:
