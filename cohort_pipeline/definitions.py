@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 from dagster import (
@@ -12,11 +13,14 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
-    build_schedule_from_partitioned_job,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
     define_asset_job,
     in_process_executor,
     load_asset_checks_from_modules,
     load_assets_from_modules,
+    schedule,
     with_source_code_references,
 )
 
@@ -35,6 +39,8 @@ from cohort_pipeline.defs.common import DAILY
 from cohort_pipeline.defs.conventions import with_conventions
 from cohort_pipeline.defs.sensors import drift_ranking_refresh, ranking_refresh
 from cohort_pipeline.engines import engine_for
+from cohort_pipeline.policy import PolicyError
+from cohort_pipeline.privacy.measurements import cadence_problem
 from cohort_pipeline.resources import LedgerResource, PipelineResource, WarehouseResource
 from cohort_pipeline.settings import Settings, current
 
@@ -94,14 +100,30 @@ daily_release = define_asset_job(
     description="The daily DP release: ingest -> cohorts -> ledger reservation -> DP metrics -> ranking.",
 )
 
+
 # Automation runs as the README describes it from the first start; turn either off on the
 # UI's Automation page (the state is kept in DAGSTER_HOME).
-daily_release_schedule = build_schedule_from_partitioned_job(
-    daily_release,
-    hour_of_day=3,
-    minute_of_hour=0,
+@schedule(
+    job=daily_release,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
+    description="Releases day D at 03:00 UTC on D+1; under release.every_days > 1 only the "
+    "policy's release dates, so the yearly figure the policy projects is the one spent.",
 )
+def daily_release_schedule(context: ScheduleEvaluationContext, pipeline: PipelineResource):
+    day = context.scheduled_execution_time.date() - timedelta(days=1)
+    if day < DAILY.start.date():
+        return SkipReason(f"{day} is before the first release date, {DAILY.start.date()}")
+    try:
+        off_schedule = cadence_problem(pipeline.policy(), day)
+    except (OSError, PolicyError):  # the run itself fails naming the policy's problem
+        off_schedule = None
+    if off_schedule:
+        return SkipReason(off_schedule)
+    return RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
+
+
 # The DP assets' and the budget view's automation conditions are evaluated by this sensor.
 automation = AutomationConditionSensorDefinition(
     "default_automation_condition_sensor",

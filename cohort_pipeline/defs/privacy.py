@@ -1,6 +1,8 @@
 """Group privacy (release zone): the ledger reservation and DP cohort sizes, with their
 blocking checks `budget_within_limit` and `min_cohort_size`."""
 
+from datetime import date
+
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -25,6 +27,7 @@ from cohort_pipeline.privacy.ledger import BudgetExceeded
 from cohort_pipeline.privacy.measurements import (
     budget_problem,
     budget_summary,
+    cadence_problem,
     mechanisms,
     planned_measurements,
 )
@@ -87,7 +90,8 @@ def redraw_reason(context) -> str | None:
     "any noise is drawn, under a random reservation_id. A date that has a reservation is final: every "
     "later run reuses it and spends nothing, whatever the data or policy hold now. A fresh draw of the "
     f"date happens only when the run carries the tag {REDRAW_TAG}=<reason>: a new reservation of kind "
-    "redraw, charged in full.",
+    "redraw, charged in full. Under release.every_days > 1 a date off that schedule gets no new "
+    "reservation.",
 )
 def privacy_budget_ledger(
     context: AssetExecutionContext,
@@ -105,6 +109,9 @@ def privacy_budget_ledger(
     try:
         if problem := budget_problem(policy):  # no release could ever fit: leave the ledger alone
             raise BudgetExceeded(problem)
+        off_schedule = cadence_problem(policy, date.fromisoformat(release_date))
+        if off_schedule and store.reservation(release_date).empty:
+            raise BudgetExceeded(off_schedule)
         reservation = store.reserve(
             release_date,
             measurements,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import pandas as pd
 
@@ -260,6 +261,20 @@ def budget_summary(ledger: Ledger, policy: Policy, as_of=None) -> dict:
     summary = ledger.summary(budget_cap(policy), as_of=as_of)
     summary["yearly_epsilon"], summary["yearly_delta"] = yearly_spend(policy)
     return summary
+
+
+def cadence_problem(policy: Policy, day: date) -> str | None:
+    """Why `day` is no release date under `release.every_days`, or None. The yearly
+    projection counts only the schedule's dates, so a new reservation off it is refused
+    (nothing spent); a date already reserved stays final and is reused."""
+    if policy.is_release_day(day):
+        return None
+    ahead = -(day - policy.partitions_start).days % policy.every_days
+    return (
+        f"{day} is not a release date: release.every_days = {policy.every_days} releases every "
+        f"{policy.every_days} days from {policy.partitions_start} (next: "
+        f"{day + timedelta(days=ahead)}); the yearly figure assumes that schedule"
+    )
 
 
 def budget_problem(policy: Policy) -> str | None:
