@@ -13,7 +13,13 @@ from benchmarks.year import Approach, Sample, Summed, ndcg
 from cohort_pipeline.logic.experiments import arm_metrics
 from cohort_pipeline.policy import load_policy
 from cohort_pipeline.privacy.accounting import sampled_spend
-from cohort_pipeline.privacy.measurements import mechanisms, planned_measurements, yearly_spend
+from cohort_pipeline.privacy.measurements import (
+    budget_problem,
+    mechanisms,
+    planned_measurements,
+    release_spend,
+    yearly_spend,
+)
 from cohort_pipeline_tests.conftest import POLICY
 
 
@@ -102,3 +108,18 @@ def test_the_benchmark_runs_on_a_small_sample(tmp_path):
     for approach in (Approach("daily"), Approach("weekly sums", block=7, rate=0.5)):
         m = measure(sample, policy, approach, 1.0, repeats=1)
         assert 0 < m["ndcg"] <= 1 and 0 < m["popularity"] <= 1
+
+
+def test_the_yearly_epsilon_4_policy_keeps_its_promise_and_differs_only_in_budget():
+    """data/policies/yearly_epsilon_4.yaml: daily releases for ever under its own caps, a
+    yearly figure below 4, and every other key the default's."""
+    path = POLICY.parent / "policies" / "yearly_epsilon_4.yaml"
+    policy, default = load_policy(path), load_policy(POLICY)
+    epsilon, _ = yearly_spend(policy)
+    assert epsilon <= 4.0 and epsilon <= policy.epsilon_horizon_cap
+    assert budget_problem(policy) is None
+    assert release_spend(policy, policy.window_days)[0] <= policy.epsilon_cap
+    changed = {"epsilon_per_release", "epsilon_cap", "epsilon_horizon_cap"}
+    differ = {k for k, v in vars(policy).items() if v != getattr(default, k)}
+    assert differ - {"raw", "hash", "path"} == changed
+    assert f"{epsilon:.2f}" in path.read_text()  # the figure its header states
