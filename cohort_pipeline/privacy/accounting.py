@@ -139,13 +139,28 @@ def _events(counts: Counter) -> tuple:
     return tuple(sorted((event, n) for event, n in counts.items() if n > 0))
 
 
+def _check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise ValueError(f"need 0 < delta < 1, got {delta}")
+
+
+def _pld_composed(parts: list, delta: float) -> tuple[float, float]:
+    """dp-accounting's PLD accountant over the composition of `parts`, at `delta`."""
+    if not parts:
+        return 0.0, delta
+    accountant = PLDAccountant(
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, PLD_DISCRETIZATION
+    )
+    accountant.compose(dp_accounting.ComposedDpEvent(parts))
+    return max(0.0, float(accountant.get_epsilon(delta))), delta
+
+
 @functools.lru_cache(maxsize=4096)
 def _pld_epsilon(events: tuple, delta: float) -> tuple[float, float]:
     """PLD epsilon at `delta` of identical events grouped and self-composed. Gaussian events
     are first merged into one: Gaussians of multipliers s_i compose exactly to one Gaussian of
     multiplier (sum s_i^-2)^-1/2 (Dong, Roth & Su 2019), which PLD composes in one step."""
-    if not 0 < delta < 1:
-        raise ValueError(f"need 0 < delta < 1, got {delta}")
+    _check_delta(delta)
     parts = [
         dp_accounting.SelfComposedDpEvent(dp_accounting.LaplaceDpEvent(multiplier), n)
         for (mechanism, multiplier), n in events
@@ -156,13 +171,7 @@ def _pld_epsilon(events: tuple, delta: float) -> tuple[float, float]:
     )
     if inverse_square > 0:
         parts.append(dp_accounting.GaussianDpEvent(inverse_square**-0.5))
-    if not parts:
-        return 0.0, delta
-    accountant = PLDAccountant(
-        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, PLD_DISCRETIZATION
-    )
-    accountant.compose(dp_accounting.ComposedDpEvent(parts))
-    return max(0.0, float(accountant.get_epsilon(delta))), delta
+    return _pld_composed(parts, delta)
 
 
 def worst_window_spend(
@@ -251,8 +260,7 @@ def sampled_spend(
 
 @functools.lru_cache(maxsize=256)
 def _sampled_epsilon(events: tuple, sampling_rate: float, delta: float) -> tuple[float, float]:
-    if not 0 < delta < 1:
-        raise ValueError(f"need 0 < delta < 1, got {delta}")
+    _check_delta(delta)
     kinds = {"laplace": dp_accounting.LaplaceDpEvent, "gaussian": dp_accounting.GaussianDpEvent}
     parts = [
         dp_accounting.SelfComposedDpEvent(
@@ -261,10 +269,4 @@ def _sampled_epsilon(events: tuple, sampling_rate: float, delta: float) -> tuple
         for (mechanism, multiplier), n in events
         if math.isfinite(multiplier)
     ]
-    if not parts:
-        return 0.0, delta
-    accountant = PLDAccountant(
-        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, PLD_DISCRETIZATION
-    )
-    accountant.compose(dp_accounting.ComposedDpEvent(parts))
-    return max(0.0, float(accountant.get_epsilon(delta))), delta
+    return _pld_composed(parts, delta)
