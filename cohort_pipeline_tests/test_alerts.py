@@ -130,6 +130,20 @@ def test_budget_checks_and_alerts_at_80_and_95_percent():
     assert [a.subject for a in blocked] == ["release blocked"]
 
 
+def test_the_horizon_cap_warns_and_alerts_as_the_window_cap_does():
+    """A quiet month late in a long year: the window is far from its cap, the horizon is not."""
+    horizon = (23.0, 24.0)  # 96% of the horizon cap
+    checks = {name: (ok, meta) for name, ok, meta in alerts.budget_checks(1.0, 8.0, horizon)}
+    assert [name for name, (ok, _) in checks.items() if not ok] == list(alerts.BUDGET_THRESHOLDS)
+    assert checks["budget_below_95_percent"][1]["span"] == "horizon"
+    (alert,) = alerts.budget_alerts("2026-11-28", 1.0, 8.0, horizon=horizon)
+    assert (alert.level, alert.subject) == ("critical", "95% of horizon cap")
+    assert "epsilon 23 of horizon cap 24" in alert.message and "2026-11-28" in alert.message
+    # Below both thresholds on both caps: nothing.
+    assert alerts.budget_alerts("2026-11-28", 1.0, 8.0, horizon=(10.0, 24.0)) == []
+    assert all(ok for _, ok, _ in alerts.budget_checks(1.0, 8.0, (10.0, 24.0)))
+
+
 def test_density_alerts_name_cohorts_near_k():
     sizes = _sizes([("a", "a", 249.0), ("b", "b", 250.0), ("c", "c", 900.0)])
     assert [a.subject for a in alerts.density_alerts("d", sizes, k=200)] == ["a"]

@@ -80,8 +80,9 @@ def redraw_reason(context) -> str | None:
                 name,
                 asset="privacy_budget_ledger",
                 description=f"WARN: the spend of the worst window containing the release is below "
-                f"{share:.0%} of budget.epsilon_cap (else an alert is recorded and sent to "
-                "$COHORT_PIPELINE_ALERT_WEBHOOK).",
+                f"{share:.0%} of budget.epsilon_cap, and that of the worst horizon span below "
+                f"{share:.0%} of budget.epsilon_horizon_cap (else an alert is recorded and sent "
+                "to $COHORT_PIPELINE_ALERT_WEBHOOK).",
             )
             for name, share in alerts.BUDGET_THRESHOLDS.items()
         ],
@@ -132,7 +133,8 @@ def privacy_budget_ledger(
     summary = budget_summary(store, policy, as_of=release_date)
     spent, remaining = summary["epsilon_spent"], summary["epsilon_remaining"]
     blocked = None if passed else reason
-    fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked=blocked)
+    horizon = (summary["horizon_epsilon"], policy.epsilon_horizon_cap)
+    fired = alerts.budget_alerts(release_date, spent, policy.epsilon_cap, blocked, horizon)
     for error in alerts.send_alerts(fired, pipeline.data_dir, pipeline.alert_webhook)[1]:
         context.log.error(error)
     constants = constants_metadata(
@@ -202,7 +204,7 @@ def privacy_budget_ledger(
                         ),
                     },
                 )
-                for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap)
+                for name, ok, meta in alerts.budget_checks(spent, policy.epsilon_cap, horizon)
             ],
         ],
     )

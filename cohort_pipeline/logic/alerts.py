@@ -55,19 +55,55 @@ class Alert:
 # -- budget -----------------------------------------------------------------------------------
 
 
-def budget_checks(epsilon_spent: float, epsilon_cap: float) -> list[tuple[str, bool, dict]]:
+@dataclass(frozen=True)
+class BudgetUse:
+    """An enforced spend against its cap: the worst window containing a release, or the worst
+    horizon span containing it (a user active every day of it)."""
+
+    span: str  # "window" | "horizon"
+    spent: float
+    cap: float
+
+    @property
+    def used(self) -> float:
+        return self.spent / self.cap
+
+    def words(self, release_date: str) -> str:
+        where = (
+            "the worst window"
+            if self.span == "window"
+            else "the worst horizon span (someone active every day of it)"
+        )
+        return f"epsilon {self.spent:.4g} of {self.span} cap {self.cap:g} in {where} containing {release_date}"
+
+
+def worst_use(
+    epsilon_spent: float, epsilon_cap: float, horizon: tuple[float, float] | None = None
+) -> BudgetUse:
+    """The more used of the window cap and (given as (spent, cap)) the horizon cap."""
+    uses = [BudgetUse("window", epsilon_spent, epsilon_cap)]
+    if horizon is not None:
+        uses.append(BudgetUse("horizon", *horizon))
+    return max(uses, key=lambda use: use.used)
+
+
+def budget_checks(
+    epsilon_spent: float, epsilon_cap: float, horizon: tuple[float, float] | None = None
+) -> list[tuple[str, bool, dict]]:
     """(check name, passed, metadata) per budget threshold: passes while the enforced spend
-    (worst window containing the release) stays below that share of the cap."""
-    used = epsilon_spent / epsilon_cap
+    (worst window, and worst horizon span, containing the release) stays below that share of
+    its cap."""
+    use = worst_use(epsilon_spent, epsilon_cap, horizon)
     return [
         (
             name,
-            used < share,
+            use.used < share,
             {
-                "budget_used": used,
+                "budget_used": use.used,
                 "threshold": share,
-                "epsilon_spent": epsilon_spent,
-                "epsilon_cap": epsilon_cap,
+                "span": use.span,
+                "epsilon_spent": use.spent,
+                "epsilon_cap": use.cap,
             },
         )
         for name, share in BUDGET_THRESHOLDS.items()
@@ -75,12 +111,17 @@ def budget_checks(epsilon_spent: float, epsilon_cap: float) -> list[tuple[str, b
 
 
 def budget_alerts(
-    release_date: str, epsilon_spent: float, epsilon_cap: float, blocked: str | None = None
+    release_date: str,
+    epsilon_spent: float,
+    epsilon_cap: float,
+    blocked: str | None = None,
+    horizon: tuple[float, float] | None = None,
 ) -> list[Alert]:
-    """The highest budget threshold crossed (one alert), plus one when a release was refused."""
-    used = epsilon_spent / epsilon_cap
+    """The highest budget threshold crossed by the more used cap (one alert), plus one when a
+    release was refused."""
+    use = worst_use(epsilon_spent, epsilon_cap, horizon)
     alerts = []
-    crossed = [share for share in BUDGET_THRESHOLDS.values() if used >= share]
+    crossed = [share for share in BUDGET_THRESHOLDS.values() if use.used >= share]
     if crossed:
         share = max(crossed)
         level = "critical" if share == max(BUDGET_THRESHOLDS.values()) else "warn"
@@ -89,10 +130,9 @@ def budget_alerts(
                 "budget",
                 level,
                 release_date,
-                f"{share:.0%} of cap",
-                f"privacy budget {used:.0%} used: epsilon {epsilon_spent:.4g} of cap "
-                f"{epsilon_cap:g} in the worst window containing {release_date}",
-                used,
+                f"{share:.0%} of {use.span} cap",
+                f"privacy budget {use.used:.0%} used: {use.words(release_date)}",
+                use.used,
                 share,
             )
         )
@@ -104,7 +144,7 @@ def budget_alerts(
                 release_date,
                 "release blocked",
                 f"release {release_date} blocked by budget_within_limit: {blocked}",
-                used,
+                use.used,
                 1.0,
             )
         )
