@@ -374,6 +374,7 @@ def measure_next_days(size: str, env: dict, next_days: int) -> dict:
             "peak_rss_gib": peak / 2**30,
             "peak_temp_gib": release["peak_temp_bytes"] / 2**30,
             "warehouse_gib": _warehouse_bytes(data) / 2**30,
+            "load_avg_1min": os.getloadavg()[0],
             "steps": release["steps"],
         })  # fmt: skip
         print(json.dumps(days[-1]), flush=True)
