@@ -441,10 +441,11 @@ def markdown_next_days(rows: list[dict], env: dict) -> str:
         "| events (first window's files) | release dates | first release (s) "
         "| peak RSS, first (GiB) | raw_events, first (s) | read + store floor (s) "
         "| raw_events / floor | next day, median (s) | next day, range (s) "
-        "| next day / first | peak RSS, next days (GiB) | peak spill (GiB) "
+        "| next day / first | last day (s) | last day / first "
+        "| peak RSS, next days (GiB) | peak spill (GiB) "
         "| warehouse after the first (GiB) | warehouse after the last (GiB) | one window (GiB) "
         "| warehouse after the last / window |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f, times = r["first"], [d["graph_s"] for d in r["days"]]
@@ -453,17 +454,21 @@ def markdown_next_days(rows: list[dict], env: dict) -> str:
             f"{f['peak_rss_gib']:.2f} | {f['steps']['raw_events']:.1f} | "
             f"{f['read_floor_s']:.1f} | {f['raw_events_over_read_floor']:.1f} | "
             f"{r['next_day_s']:.1f} | {min(times):.1f}–{max(times):.1f} | "
-            f"{r['next_over_first']:.2f} | {r['next_day_peak_rss_gib']:.2f} | "
+            f"{r['next_over_first']:.2f} | {times[-1]:.1f} | {times[-1] / f['graph_s']:.2f} | "
+            f"{r['next_day_peak_rss_gib']:.2f} | "
             f"{max(f['peak_temp_gib'], r['next_day_peak_temp_gib']):.2f} | "
             f"{f['warehouse_gib']:.3f} | {r['warehouse_gib']:.3f} | {r['window_gib']:.3f} | "
             f"{r['disk_over_window']:.1f} |"
         )
-    header = "| asset | " + " | ".join(f"{r['size']} first | {r['size']} next day" for r in rows)
+    header = "| asset | " + " | ".join(
+        f"{r['size']} first | {r['size']} next day | {r['size']} last day" for r in rows
+    )
     lines += ["", "Per-asset time (s); next day: the median over the next-day releases:", ""]
-    lines += [header + " |", "|---|" + "---:|---:|" * len(rows)]
+    lines += [header + " |", "|---|" + "---:|---:|---:|" * len(rows)]
     for step in rows[0]["first"]["steps"]:
         cells = [
-            f"{r['first']['steps'].get(step, 0):.2f} | {r['next_day_steps'].get(step, 0):.2f}"
+            f"{r['first']['steps'].get(step, 0):.2f} | {r['next_day_steps'].get(step, 0):.2f} | "
+            f"{r['days'][-1]['steps'].get(step, 0):.2f}"
             for r in rows
         ]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
