@@ -433,10 +433,17 @@ def _window_bytes(data: Path, day: str) -> int:
     return size
 
 
+def machine(env: dict) -> str:
+    """The line every results table opens with: DuckDB's limit and the machine."""
+    return (
+        f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB."
+    )
+
+
 def markdown_next_days(rows: list[dict], env: dict) -> str:
     lines = [
-        f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
-        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
+        machine(env),
         "",
         "| events (first window's files) | release dates | first release (s) "
         "| peak RSS, first (GiB) | raw_events, first (s) | read + store floor (s) "
@@ -477,8 +484,7 @@ def markdown_next_days(rows: list[dict], env: dict) -> str:
 
 def markdown(rows: list[dict], env: dict) -> str:
     lines = [
-        f"DuckDB memory_limit={env['COHORT_PIPELINE_DUCKDB_MEMORY_LIMIT']}, "
-        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
+        machine(env),
         "",
         "| events | users | whole graph (s) | CPU (s) | process (s) | peak RSS, tree (GiB) "
         "| events/s | DP release step (s) | plain DuckDB (s) | DP / plain "

@@ -46,13 +46,13 @@ from cohort_pipeline.storage.warehouse import (
     draws_table,
     events_since,
     partition,
+    previous_date,
     previous_partition,
     read_catalog,
     release_dates,
     table_name,
 )
 
-TABLE = EXPERIMENT_RESULTS
 READABLE_CHECK = "experiment_readable"
 # The releases it reads of the ranking date (release date - EVAL_DAYS), declared as such.
 with warnings.catch_warnings():  # the parameter is a beta API of Dagster 1.13
@@ -96,13 +96,20 @@ def _stability(
     weights = partition(warehouse, RANKING_WEIGHTS, ranked)
     before = previous_partition(warehouse, RANKING_WEIGHTS, ranked)
     change = mean_weight_change(weights, before) if len(weights) and len(before) else float("nan")
-    previous = previous_partition(warehouse, TABLE, release_date)
-    if len(previous):
-        previous = previous[
-            (previous["arm"] == UPLIFT_ARM)
-            & (previous["metric"] == f"{HEADLINE}_uplift")
-            & (previous["cohort_key"] == OVERALL)
-        ]
+    day = previous_date(warehouse, EXPERIMENT_RESULTS, release_date)
+    previous = (
+        pd.DataFrame()
+        if day is None
+        else partition(
+            warehouse,
+            EXPERIMENT_RESULTS,
+            day,
+            "value",
+            arm=UPLIFT_ARM,
+            metric=f"{HEADLINE}_uplift",
+            cohort_key=OVERALL,
+        )
+    )
     return stability_rows(
         change, uplift, float(previous["value"].iloc[0]) if len(previous) else float("nan")
     )
@@ -171,7 +178,7 @@ def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> Ma
             metadata={"status": MetadataValue.md(status), "ranking_release": ranked},
             check_results=[_readable_check(step, None, reason)],
         )
-    results = write_release(step.warehouse, TABLE, step.admission, results)
+    results = write_release(step.warehouse, EXPERIMENT_RESULTS, step.admission, results)
     noise = (
         f"Gaussian (OpenDP), std {mech.std:.4g} on each summed per-user value (L2 sensitivity "
         f"{mech.sensitivity:g}; rho {mech.spend.rho:.4g}, epsilon {mech.spend.epsilon:.4g} "
@@ -179,7 +186,7 @@ def _publish_report(step: Step, results: pd.DataFrame | None, drawn: bool) -> Ma
     )
     return MaterializeResult(
         metadata={
-            **release_table_metadata(TABLE, results),
+            **release_table_metadata(EXPERIMENT_RESULTS, results),
             "status": "released" if drawn else "returned the stored draw",
             "ranking_release": ranked,
             "evaluation_window": f"{ranked} (exclusive) .. {step.release_date}",
